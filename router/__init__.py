@@ -1,0 +1,1 @@
+"""The request path between clients and model servers (weighted, sticky, shadow routing)."""

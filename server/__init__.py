@@ -1,0 +1,1 @@
+"""One model server: data, the LSTM, its training, the registry and the gRPC service."""
