@@ -1,0 +1,404 @@
+"""`canarycast` command line: the composition root of every process.
+
+    canarycast train     train an LSTM on real data and register it
+    canarycast serve     run a model server
+    canarycast models    list / show / alias registered versions
+    canarycast forecast  one-off forecast call against a server or router
+    canarycast demo      the whole story on one machine
+
+Telemetry (logging, tracing) is configured here, once, before anything runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+#: Default registry directory for `train`, `serve` and `models` (flag `--registry` wins).
+CANARYCAST_REGISTRY = "CANARYCAST_REGISTRY"
+DEFAULT_REGISTRY = "registry"
+
+
+def _registry_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--registry",
+        type=Path,
+        default=Path(os.environ.get(CANARYCAST_REGISTRY, DEFAULT_REGISTRY)),
+        help=f"registry directory (default: ${CANARYCAST_REGISTRY} or ./{DEFAULT_REGISTRY})",
+    )
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers: {exc}") from exc
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from server.model import ModelConfig
+    from server.training import TrainParams
+
+    config, params = ModelConfig(), TrainParams()
+    parser = argparse.ArgumentParser(
+        prog="canarycast",
+        description="LSTM time-series forecasts over gRPC, shipped safely with canaries.",
+    )
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train an LSTM on real data and register it")
+    p.add_argument(
+        "--dataset",
+        required=True,
+        help="bundled dataset (seattle-temps, sf-temps, seattle-weather, us-employment) "
+        "or a CSV/Parquet file in long format (unique_id, ds, y)",
+    )
+    _registry_arg(p)
+    p.add_argument("--name", required=True, help="model name in the registry")
+    p.add_argument("--series", nargs="+", help="train on these series ids only (default: all)")
+    p.add_argument("--lookback", type=int, default=config.lookback, help="history values read")
+    p.add_argument("--horizon", type=int, default=config.horizon, help="maximum horizon")
+    p.add_argument("--hidden", type=int, default=config.hidden, help="LSTM hidden units")
+    p.add_argument("--layers", type=int, default=config.layers, help="LSTM layers")
+    p.add_argument("--dropout", type=float, default=config.dropout)
+    p.add_argument(
+        "--quantiles",
+        type=_floats,
+        default=list(config.quantiles),
+        help="quantile levels, comma-separated, must include 0.5 (default: %(default)s)",
+    )
+    p.add_argument("--epochs", type=int, default=params.epochs)
+    p.add_argument("--batch-size", type=int, default=params.batch_size)
+    p.add_argument("--learning-rate", type=float, default=params.learning_rate)
+    p.add_argument("--patience", type=int, default=params.patience, help="early stopping")
+    p.add_argument("--seed", type=int, default=params.seed)
+    p.add_argument(
+        "--max-windows-per-epoch",
+        type=int,
+        default=params.max_windows_per_epoch,
+        help="subsample training windows per epoch",
+    )
+    p.add_argument("--alias", action="append", default=[], help="point this alias at the result")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print the registered version as JSON")
+
+    p = sub.add_parser("serve", help="run a model server")
+    _registry_arg(p)
+    p.add_argument("--model", required=True, help="NAME@ALIAS (follows the alias) or NAME:VERSION")
+    p.add_argument("--host", default="127.0.0.1", help="listen address (default: %(default)s)")
+    p.add_argument("--port", type=int, default=50051, help="gRPC port, 0 for a free one")
+    p.add_argument("--metrics-port", type=int, help="Prometheus /metrics port (off if unset)")
+    p.add_argument("--variant", help="variant reported in answers (default: the alias)")
+    p.add_argument("--max-batch-size", type=int, default=256, help="series per forward pass")
+    p.add_argument(
+        "--max-queue-delay-ms",
+        type=float,
+        default=2.0,
+        help="longest wait to fill a batch (0: take what is queued)",
+    )
+    p.add_argument("--max-queue-size", type=int, default=8192, help="series queued at most")
+    p.add_argument("--reload-interval", type=float, default=1.0, help="alias poll, seconds")
+    p.add_argument("--grace", type=float, default=10.0, help="drain time on SIGTERM, seconds")
+
+    p = sub.add_parser("models", help="list, show or alias registered model versions")
+    _registry_arg(p)
+    msub = p.add_subparsers(dest="models_command", required=True, metavar="ACTION")
+    msub.add_parser("list", help="every version with its aliases and offline scores")
+    show = msub.add_parser("show", help="metadata of one version as JSON")
+    show.add_argument("ref", help="NAME@ALIAS or NAME:VERSION")
+    alias = msub.add_parser("alias", help="point an alias at a version (atomic)")
+    alias.add_argument("name")
+    alias.add_argument("alias")
+    alias.add_argument("version")
+
+    p = sub.add_parser("forecast", help="one forecast call against a server or router")
+    p.add_argument("--target", default="127.0.0.1:50051", help="HOST:PORT")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--values", type=_floats, help="history, comma-separated, oldest first")
+    src.add_argument("--dataset", help="take the history from a bundled dataset or file")
+    p.add_argument("--series-id", help="series id (with --dataset: which series)")
+    p.add_argument("--end", type=int, help="with --dataset: history ends before this index")
+    p.add_argument("--horizon", type=int, default=24)
+    p.add_argument("--quantiles", type=_floats, default=[], help="e.g. 0.1,0.9")
+    p.add_argument("--timeout", type=float, default=10.0, help="deadline, seconds")
+    p.add_argument("--json", action="store_true", help="print the answer as JSON")
+
+    p = sub.add_parser("demo", help="train, serve and forecast on one machine")
+    p.add_argument("--workdir", type=Path, default=Path(".cache/demo"), help="registry and cache")
+    p.add_argument("--quick", action="store_true", help="a smaller model, for tests")
+    return parser
+
+
+def _version() -> str:
+    from canarycast import __version__
+
+    return f"canarycast {__version__}"
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from server.data import DataError, load_dataset
+    from server.model import ModelConfig
+    from server.registry import Registry
+    from server.training import TrainParams
+
+    try:
+        dataset = load_dataset(args.dataset)
+    except DataError as exc:
+        print(f"canarycast train: {exc}", file=sys.stderr)
+        return 2
+    try:
+        config = ModelConfig(
+            lookback=args.lookback,
+            horizon=args.horizon,
+            hidden=args.hidden,
+            layers=args.layers,
+            dropout=args.dropout,
+            quantiles=tuple(args.quantiles),
+            freq=dataset.freq,
+            step_seconds=int(dataset.step / np.timedelta64(1, "s")),
+            season_length=dataset.season_length,
+        )
+        config.validate()
+        params = TrainParams(
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            learning_rate=args.learning_rate,
+            patience=args.patience,
+            seed=args.seed,
+            max_windows_per_epoch=args.max_windows_per_epoch,
+            series_ids=tuple(args.series) if args.series else None,
+        )
+    except ValueError as exc:
+        print(f"canarycast train: {exc}", file=sys.stderr)
+        return 2
+    registry = Registry(args.registry)
+    version = train_and_register(
+        dataset, config, params, registry, args.name, progress=not args.no_progress
+    )
+    for alias in args.alias:
+        registry.set_alias(args.name, alias, version.version)
+    if args.json:
+        print(json.dumps({"name": version.name, "version": version.version, **version.metadata}))
+    else:
+        print(f"registered {version.name}:{version.version}  ({args.registry})")
+        for alias in args.alias:
+            print(f"  alias {alias} -> {version.version}")
+        print(format_scores(version.metadata.get("scores", {})))
+    return 0
+
+
+def train_and_register(
+    dataset: Any, config: Any, params: Any, registry: Any, name: str, *, progress: bool = True
+) -> Any:
+    """Train on `dataset` and register the result with its lineage; returns the ModelVersion."""
+    from canarycast import __version__
+    from server.training import train
+
+    started = time.monotonic()
+    result = train(dataset, config, params, progress=progress)
+    metadata = {
+        "dataset": dataset.name,
+        "dataset_source": dataset.source,
+        "dataset_hash": dataset.content_hash,
+        "series": [s.series_id for s in dataset.series]
+        if params.series_ids is None
+        else list(params.series_ids),
+        "parameters": {**result.config.to_dict(), **result.params.to_dict()},
+        "scores": result.scores,
+        "training": {
+            "epochs_run": result.epochs_run,
+            "stopped_early": result.stopped_early,
+            "seconds": round(time.monotonic() - started, 2),
+            "history": result.history,
+        },
+        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "code_version": __version__,
+    }
+    return registry.register(name, result.state_dict, result.config.to_dict(), metadata)
+
+
+def format_scores(scores: dict[str, Any]) -> str:
+    keys = [k for k in ("mae", "rmse", "smape", "mase", "relmae_snaive") if k in scores]
+    keys += sorted(k for k in scores if k.startswith("coverage"))
+    lines = ["offline scores on the test split:"]
+    for key in keys:
+        lines.append(f"  {key:<18} {scores[key]:.4f}")
+    return "\n".join(lines)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from canarycast.telemetry import configure_tracing
+    from server.app import ServerSettings, run
+    from server.registry import RegistryError
+
+    configure_tracing("canarycast-server")
+    settings = ServerSettings(
+        registry=args.registry,
+        model=args.model,
+        host=args.host,
+        port=args.port,
+        metrics_port=args.metrics_port,
+        variant=args.variant,
+        max_batch_size=args.max_batch_size,
+        max_queue_delay=args.max_queue_delay_ms / 1000.0,
+        max_queue_size=args.max_queue_size,
+        reload_interval=args.reload_interval,
+        grace=args.grace,
+    )
+    try:
+        return asyncio.run(run(settings))
+    except (RegistryError, ValueError, OSError) as exc:
+        print(f"canarycast serve: {exc}", file=sys.stderr)
+        return 1
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from server.registry import Registry, RegistryError
+
+    registry = Registry(args.registry)
+    try:
+        if args.models_command == "list":
+            rows = [("MODEL", "VERSION", "ALIASES", "CREATED", "DATASET", "MASE")]
+            for name in registry.models():
+                aliases = registry.aliases(name)
+                for v in registry.versions(name):
+                    names = ",".join(sorted(a for a, ver in aliases.items() if ver == v.version))
+                    mase = v.metadata.get("scores", {}).get("mase")
+                    rows.append(
+                        (
+                            name,
+                            v.version,
+                            names or "-",
+                            str(v.metadata.get("created_at", "-")),
+                            str(v.metadata.get("dataset", "-")),
+                            f"{mase:.3f}" if isinstance(mase, int | float) else "-",
+                        )
+                    )
+            print(format_table(rows))
+        elif args.models_command == "show":
+            v = registry.resolve(args.ref)
+            print(
+                json.dumps(
+                    {
+                        "name": v.name,
+                        "version": v.version,
+                        "digest": v.digest,
+                        "config": v.config,
+                        "metadata": v.metadata,
+                    },
+                    indent=2,
+                )
+            )
+        else:
+            registry.set_alias(args.name, args.alias, args.version)
+            print(f"{args.name}@{args.alias} -> {registry.get_alias(args.name, args.alias)}")
+    except RegistryError as exc:
+        print(f"canarycast models: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def format_table(rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows)
+
+
+def cmd_forecast(args: argparse.Namespace) -> int:
+    import grpc
+
+    from canarycast.client import ForecastClient, SeriesData
+
+    start = None
+    if args.values is not None:
+        history, series_id = args.values, args.series_id or "series-0"
+    else:
+        from server.data import DataError, load_dataset
+
+        try:
+            dataset = load_dataset(args.dataset)
+            series = dataset.get(args.series_id) if args.series_id else dataset.series[0]
+        except (DataError, KeyError) as exc:
+            print(f"canarycast forecast: {exc}", file=sys.stderr)
+            return 2
+        end = args.end if args.end is not None else len(series)
+        history, series_id = series.values[:end], series.series_id
+        start = series.timestamps[0]
+    with ForecastClient(args.target, timeout=args.timeout) as client:
+        try:
+            if start is not None:
+                lookback = client.model_info().lookback
+                offset = max(0, len(history) - lookback)
+                history, start = history[offset:], series.timestamps[offset]
+            [f] = client.forecast(
+                [SeriesData(series_id, history, start=start)], args.horizon, args.quantiles
+            )
+        except grpc.RpcError as exc:
+            print(f"canarycast forecast: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            return 1
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "series_id": f.series_id,
+                    "forecast_id": f.forecast_id,
+                    "model": vars(f.model),
+                    "timestamps": [str(t) for t in f.timestamps]
+                    if f.timestamps is not None
+                    else [],
+                    "point": f.point.tolist(),
+                    "quantiles": {str(q): v.tolist() for q, v in f.quantiles.items()},
+                }
+            )
+        )
+        return 0
+    print(f"{f.series_id}  model {f.model.name}:{f.model.version} {f.model.variant}".rstrip())
+    header = ["STEP", *(["TIME"] if f.timestamps is not None else []), "POINT"]
+    header += [f"Q{q:g}" for q in f.quantiles]
+    rows = [header]
+    for i in range(len(f.point)):
+        row = [str(i + 1)]
+        if f.timestamps is not None:
+            row.append(str(f.timestamps[i])[:19])
+        row.append(f"{f.point[i]:.3f}")
+        row += [f"{v[i]:.3f}" for v in f.quantiles.values()]
+        rows.append(row)
+    print(format_table(rows))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from canarycast.demo import run_demo
+
+    return run_demo(args.workdir, quick=args.quick)
+
+
+COMMANDS = {
+    "train": cmd_train,
+    "serve": cmd_serve,
+    "models": cmd_models,
+    "forecast": cmd_forecast,
+    "demo": cmd_demo,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from canarycast.telemetry import configure_logging
+
+    args = build_parser().parse_args(argv)
+    configure_logging()
+    return COMMANDS[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,186 @@
+"""A model server process: gRPC `Forecaster` + health + reflection + metrics.
+
+Load, then serve: the port opens at once with health NOT_SERVING (so probes
+and routers see a live process that is not ready), the model is loaded and
+warmed up, and only then does health turn SERVING. On stop, health turns
+NOT_SERVING first, the server stops taking calls and drains the ones in
+flight for up to `grace` seconds, and the batcher finishes what it queued.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import structlog
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+from opentelemetry import trace
+
+from canarycast.interceptors import ServerInterceptor
+from canarycast.telemetry import MetricsEndpoint, serve_metrics
+from canarycast.v1 import forecast_pb2 as pb
+from canarycast.v1 import forecast_pb2_grpc as pb_grpc
+from server.batching import DynamicBatcher
+from server.forecasting import Forecaster, Limits
+from server.loader import LoadedModel, ModelWatcher, run_forward
+from server.metrics import ServerMetrics
+from server.registry import ModelRef, Registry
+from server.servicer import ForecasterServicer
+
+log = structlog.get_logger("canarycast.server")
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Forecaster"].full_name
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """Everything `canarycast serve` can set (flags; see `canarycast serve --help`)."""
+
+    registry: Path
+    model: str  # NAME@ALIAS or NAME:VERSION
+    host: str = "127.0.0.1"
+    port: int = 0  # 0: pick a free port
+    metrics_port: int | None = None  # None: no /metrics endpoint; 0: a free port
+    variant: str | None = None  # default: the alias of `model`, if any
+    max_batch_size: int = 256
+    max_queue_delay: float = 0.002
+    max_queue_size: int = 8192
+    reload_interval: float = 1.0
+    grace: float = 10.0
+    max_concurrent_rpcs: int | None = None
+    limits: Limits = field(default_factory=Limits)
+
+
+class ModelServer:
+    def __init__(
+        self,
+        settings: ServerSettings,
+        *,
+        tracer_provider: trace.TracerProvider | None = None,
+        metrics: ServerMetrics | None = None,
+    ) -> None:
+        self.settings = settings
+        self.ref = ModelRef.parse(settings.model)
+        self.metrics = metrics or ServerMetrics()
+        tracer = trace.get_tracer("canarycast.server", tracer_provider=tracer_provider)
+        self.watcher = ModelWatcher(
+            Registry(settings.registry),
+            self.ref,
+            poll_interval=settings.reload_interval,
+            on_change=self._model_changed,
+        )
+        self.batcher = DynamicBatcher(
+            run_forward,
+            max_batch_size=settings.max_batch_size,
+            max_queue_delay=settings.max_queue_delay,
+            max_queue_size=settings.max_queue_size,
+            on_batch=self.metrics.record_batch,
+        )
+        self.metrics.queue_depth.set_function(lambda: self.batcher.queue_depth)
+        variant = settings.variant if settings.variant is not None else (self.ref.alias or "")
+        self.forecaster = Forecaster(
+            self.watcher,
+            self.batcher,
+            limits=settings.limits,
+            variant=variant,
+            metrics=self.metrics,
+            tracer=tracer,
+        )
+        self.health = HealthServicer()
+        max_bytes = settings.limits.max_message_bytes
+        self.server = grpc.aio.server(
+            interceptors=[ServerInterceptor(tracer, self.metrics.rpc)],
+            options=[
+                ("grpc.max_receive_message_length", max_bytes),
+                ("grpc.max_send_message_length", max_bytes),
+            ],
+            maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
+        )
+        pb_grpc.add_ForecasterServicer_to_server(ForecasterServicer(self.forecaster), self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (
+                SERVICE_NAME,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
+            self.server,
+        )
+        self.port = 0
+        self.metrics_endpoint: MetricsEndpoint | None = None
+        self._stopped = False
+
+    async def start(self) -> int:
+        """Open the port (NOT_SERVING), load the model, then turn SERVING. Returns the port."""
+        for service in ("", SERVICE_NAME):
+            await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.port = self.server.add_insecure_port(f"{self.settings.host}:{self.settings.port}")
+        if self.port == 0:
+            raise OSError(f"cannot listen on {self.settings.host}:{self.settings.port}")
+        if self.settings.metrics_port is not None:
+            self.metrics_endpoint = serve_metrics(
+                self.metrics.registry, self.settings.metrics_port, self.settings.host
+            )
+        await self.server.start()
+        self.batcher.start()
+        log.info("listening", port=self.port, model=str(self.ref))
+        await self.watcher.load_initial()
+        self.watcher.start_watching()
+        for service in ("", SERVICE_NAME):
+            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        log.info(
+            "serving",
+            port=self.port,
+            metrics_port=self.metrics_endpoint.port if self.metrics_endpoint else None,
+            model=self.forecaster.model().name,
+            version=self.forecaster.model().version_id,
+        )
+        return self.port
+
+    async def stop(self, grace: float | None = None) -> None:
+        """NOT_SERVING, stop accepting, drain in-flight calls, release everything."""
+        if self._stopped:
+            return
+        self._stopped = True
+        await self.health.enter_graceful_shutdown()
+        log.info("draining", grace=self.settings.grace if grace is None else grace)
+        await self.server.stop(self.settings.grace if grace is None else grace)
+        await self.batcher.stop()
+        await self.watcher.stop()
+        if self.metrics_endpoint is not None:
+            self.metrics_endpoint.close()
+        log.info("stopped")
+
+    def _model_changed(
+        self, old: LoadedModel | None, new: LoadedModel | None, error: str | None
+    ) -> None:
+        if new is not None:
+            self.metrics.model.info(
+                {"name": new.name, "version": new.version_id, "variant": self.forecaster.variant}
+            )
+            self.metrics.reload_failing.set(0)
+            if old is not None:
+                self.metrics.reloads.labels("success").inc()
+        elif error is not None:
+            self.metrics.reloads.labels("failure").inc()
+            self.metrics.reload_failing.set(1)
+
+
+async def run(settings: ServerSettings) -> int:
+    """Serve until SIGTERM/SIGINT, then drain and return the exit code (0)."""
+    server = ModelServer(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await server.start()
+        await stop.wait()
+    finally:
+        await server.stop()
+    return 0
