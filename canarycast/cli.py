@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as dt
 import json
 import os
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -149,6 +147,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from server.data import DataError, load_dataset
     from server.model import ModelConfig
+    from server.pipeline import train_and_register
     from server.registry import Registry
     from server.training import TrainParams
 
@@ -196,36 +195,6 @@ def cmd_train(args: argparse.Namespace) -> int:
             print(f"  alias {alias} -> {version.version}")
         print(format_scores(version.metadata.get("scores", {})))
     return 0
-
-
-def train_and_register(
-    dataset: Any, config: Any, params: Any, registry: Any, name: str, *, progress: bool = True
-) -> Any:
-    """Train on `dataset` and register the result with its lineage; returns the ModelVersion."""
-    from canarycast import __version__
-    from server.training import train
-
-    started = time.monotonic()
-    result = train(dataset, config, params, progress=progress)
-    metadata = {
-        "dataset": dataset.name,
-        "dataset_source": dataset.source,
-        "dataset_hash": dataset.content_hash,
-        "series": [s.series_id for s in dataset.series]
-        if params.series_ids is None
-        else list(params.series_ids),
-        "parameters": {**result.config.to_dict(), **result.params.to_dict()},
-        "scores": result.scores,
-        "training": {
-            "epochs_run": result.epochs_run,
-            "stopped_early": result.stopped_early,
-            "seconds": round(time.monotonic() - started, 2),
-            "history": result.history,
-        },
-        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "code_version": __version__,
-    }
-    return registry.register(name, result.state_dict, result.config.to_dict(), metadata)
 
 
 def format_scores(scores: dict[str, Any]) -> str:

@@ -117,6 +117,12 @@ class ModelServer:
 
     async def start(self) -> int:
         """Open the port (NOT_SERVING), load the model, then turn SERVING. Returns the port."""
+        await self.open()
+        await self.load()
+        return self.port
+
+    async def open(self) -> int:
+        """Listen, with health NOT_SERVING and Forecast UNAVAILABLE until `load`."""
         for service in ("", SERVICE_NAME):
             await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
         self.port = self.server.add_insecure_port(f"{self.settings.host}:{self.settings.port}")
@@ -129,6 +135,10 @@ class ModelServer:
         await self.server.start()
         self.batcher.start()
         log.info("listening", port=self.port, model=str(self.ref))
+        return self.port
+
+    async def load(self) -> None:
+        """Load and warm up the model, follow its alias, then turn SERVING."""
         await self.watcher.load_initial()
         self.watcher.start_watching()
         for service in ("", SERVICE_NAME):
@@ -140,7 +150,6 @@ class ModelServer:
             model=self.forecaster.model().name,
             version=self.forecaster.model().version_id,
         )
-        return self.port
 
     async def stop(self, grace: float | None = None) -> None:
         """NOT_SERVING, stop accepting, drain in-flight calls, release everything."""

@@ -43,7 +43,8 @@ class BatchStats:
 
     batch_size: int
     calls: int
-    expired: int
+    expired: int  # dropped: deadline passed while queued
+    cancelled: int  # dropped: the caller went away while queued
     compute_seconds: float
 
 
@@ -180,9 +181,10 @@ class DynamicBatcher:
                 return
             now = time.monotonic()
             live: list[_Pending] = []
-            expired = 0
+            expired = cancelled = 0
             for item in batch:
-                if item.future.done():  # caller cancelled
+                if item.future.done():  # caller cancelled (gRPC cancels on deadline too)
+                    cancelled += 1
                     continue
                 if item.deadline is not None and item.deadline <= now:
                     expired += 1
@@ -196,13 +198,13 @@ class DynamicBatcher:
             for item in live:
                 groups.setdefault(id(item.model), []).append(item)
             for items in groups.values():
-                await self._compute(loop, items, expired)
-                expired = 0
-            if not live and expired and self._on_batch is not None:
-                self._on_batch(BatchStats(0, 0, expired, 0.0))
+                await self._compute(loop, items, expired, cancelled)
+                expired = cancelled = 0
+            if (expired or cancelled) and self._on_batch is not None:
+                self._on_batch(BatchStats(0, 0, expired, cancelled, 0.0))
 
     async def _compute(
-        self, loop: asyncio.AbstractEventLoop, items: list[_Pending], expired: int
+        self, loop: asyncio.AbstractEventLoop, items: list[_Pending], expired: int, cancelled: int
     ) -> None:
         windows = (
             items[0].windows
@@ -226,4 +228,4 @@ class DynamicBatcher:
             if not item.future.done():
                 item.future.set_result(BatchResult(part, size, len(items), started - item.enqueued))
         if self._on_batch is not None:
-            self._on_batch(BatchStats(size, len(items), expired, finished - started))
+            self._on_batch(BatchStats(size, len(items), expired, cancelled, finished - started))

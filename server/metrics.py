@@ -31,9 +31,10 @@ class ServerMetrics:
             "Time of one batched forward pass.",
             registry=self.registry,
         )
-        self.expired = Counter(
-            "canarycast_server_expired_calls",
-            "Calls dropped unanswered because their deadline passed while queued.",
+        self.dropped = Counter(
+            "canarycast_server_dropped_calls",
+            "Queued calls dropped before their forward pass: deadline passed, or caller gone.",
+            ["reason"],
             registry=self.registry,
         )
         self.queue_depth = Gauge(
@@ -74,4 +75,6 @@ class ServerMetrics:
             self.batch_calls.observe(stats.calls)
             self.forward_seconds.observe(stats.compute_seconds)
         if stats.expired:
-            self.expired.inc(stats.expired)
+            self.dropped.labels("deadline").inc(stats.expired)
+        if stats.cancelled:
+            self.dropped.labels("cancelled").inc(stats.cancelled)

@@ -1,0 +1,71 @@
+"""Train → register, with lineage: the one path from data to a registry version.
+
+`recipe_key` names the inputs of a training run (data content, model config,
+training parameters, code version); a version registered from the same
+inputs can be reused instead of retrained (the demo's cache).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import time
+
+from canarycast import __version__
+from server.data import Dataset
+from server.model import ModelConfig
+from server.registry import ModelVersion, Registry
+from server.training import TrainParams, train
+
+
+def recipe_key(dataset: Dataset, config: ModelConfig, params: TrainParams) -> str:
+    recipe = {
+        "dataset_hash": dataset.content_hash,
+        "config": config.to_dict(),
+        "params": params.to_dict(),
+        "code_version": __version__,
+    }
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()
+
+
+def find_by_recipe(registry: Registry, name: str, key: str) -> ModelVersion | None:
+    if name not in registry.models():
+        return None
+    for version in registry.versions(name):
+        if version.metadata.get("recipe_key") == key:
+            return version
+    return None
+
+
+def train_and_register(
+    dataset: Dataset,
+    config: ModelConfig,
+    params: TrainParams,
+    registry: Registry,
+    name: str,
+    *,
+    progress: bool = True,
+) -> ModelVersion:
+    """Train on `dataset` and register the result with its lineage and offline scores."""
+    started = time.monotonic()
+    result = train(dataset, config, params, progress=progress)
+    series = [s.series_id for s in dataset.series]
+    metadata = {
+        "dataset": dataset.name,
+        "dataset_source": dataset.source,
+        "dataset_hash": dataset.content_hash,
+        "series": list(params.series_ids) if params.series_ids else series,
+        "parameters": {**result.config.to_dict(), **result.params.to_dict()},
+        "scores": result.scores,
+        "training": {
+            "epochs_run": result.epochs_run,
+            "stopped_early": result.stopped_early,
+            "seconds": round(time.monotonic() - started, 2),
+            "history": result.history,
+        },
+        "recipe_key": recipe_key(dataset, config, params),
+        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "code_version": __version__,
+    }
+    return registry.register(name, result.state_dict, result.config.to_dict(), metadata)

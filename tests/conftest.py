@@ -1,0 +1,81 @@
+"""Shared fixtures: a registry holding small real models trained on real data.
+
+Training is real (seattle-temps from the vega_datasets wheel) but tiny, so the
+suite stays fast; the default recipe is exercised in tests/server/test_training.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from server.data import load_dataset
+from server.model import ModelConfig
+from server.pipeline import train_and_register
+from server.registry import ModelVersion, Registry
+from server.training import TrainParams
+
+MODEL = "temps"
+
+
+def tiny_config(**overrides: object) -> ModelConfig:
+    dataset = load_dataset("seattle-temps")
+    base = {
+        "lookback": 48,
+        "horizon": 12,
+        "hidden": 8,
+        "layers": 1,
+        "freq": dataset.freq,
+        "step_seconds": int(dataset.step / np.timedelta64(1, "s")),
+        "season_length": dataset.season_length,
+    }
+    base.update(overrides)
+    return ModelConfig(**base)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class TrainedRegistry:
+    root: Path
+    v1: ModelVersion
+    v2: ModelVersion
+
+    @property
+    def registry(self) -> Registry:
+        return Registry(self.root)
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> TrainedRegistry:
+    """Registry with two versions of `temps` (different seeds); alias stable -> v1."""
+    root = tmp_path_factory.mktemp("registry")
+    registry = Registry(root)
+    dataset = load_dataset("seattle-temps")
+    versions = [
+        train_and_register(
+            dataset,
+            tiny_config(),
+            TrainParams(epochs=1, max_windows_per_epoch=512, seed=seed),
+            registry,
+            MODEL,
+            progress=False,
+        )
+        for seed in (0, 1)
+    ]
+    registry.set_alias(MODEL, "stable", versions[0].version)
+    return TrainedRegistry(root, versions[0], versions[1])
+
+
+@pytest.fixture
+def registry_copy(trained: TrainedRegistry, tmp_path: Path) -> TrainedRegistry:
+    """A private copy of the trained registry, for tests that move aliases or corrupt files."""
+    import shutil
+
+    root = tmp_path / "registry"
+    shutil.copytree(trained.root, root)
+    copy = Registry(root)
+    return TrainedRegistry(
+        root, copy.get(MODEL, trained.v1.version), copy.get(MODEL, trained.v2.version)
+    )
