@@ -135,4 +135,3 @@ class ForecasterServicer(pb_grpc.ForecasterServicer):
             max_history=limits.max_history,
             reload_error=self.forecaster.watcher.reload_error or "",
         )
-
