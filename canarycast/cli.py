@@ -198,7 +198,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def format_scores(scores: dict[str, Any]) -> str:
-    keys = [k for k in ("mae", "rmse", "smape", "mase", "relmae_snaive") if k in scores]
+    keys: list[str] = [k for k in ("mae", "rmse", "smape", "mase", "relmae_snaive") if k in scores]
     keys += sorted(k for k in scores if k.startswith("coverage"))
     lines = ["offline scores on the test split:"]
     for key in keys:

@@ -148,7 +148,7 @@ class ForecastClient:
         response = self.stub.Forecast(request, timeout=self.timeout, metadata=self.metadata)
         return parse_response(response)
 
-    def observe(self, series_id: str, timestamps: Sequence[Any], values: ArrayLike) -> int:
+    def observe(self, series_id: str, timestamps: Iterable[Any], values: ArrayLike) -> int:
         """Report actual values; returns how many points were accepted."""
         obs = pb.SeriesObservation(
             series_id=series_id, values=np.asarray(values, dtype=np.float64).tolist()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from urllib.request import urlopen
 
@@ -44,8 +45,9 @@ def run_demo(workdir: Path, *, quick: bool = False) -> int:
         freq=dataset.freq,
         step_seconds=int(dataset.step / np.timedelta64(1, "s")),
         season_length=dataset.season_length,
-        **({"hidden": 16, "layers": 1, "lookback": 48} if quick else {}),
     )
+    if quick:
+        config = replace(config, hidden=16, layers=1, lookback=48)
     params = TrainParams(epochs=2, max_windows_per_epoch=1024) if quick else TrainParams()
 
     say(f"== 1. Train an LSTM on real data: {dataset.source}")

@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 import threading
+from collections.abc import MutableMapping
 from dataclasses import dataclass
 from typing import Any
 from wsgiref.simple_server import WSGIServer
@@ -31,7 +32,9 @@ OTEL_SERVICE_NAME = "OTEL_SERVICE_NAME"
 CANARYCAST_LOG_LEVEL = "CANARYCAST_LOG_LEVEL"
 
 
-def add_trace_context(logger: Any, method_name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+def add_trace_context(
+    logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
     """structlog processor: add the current OTel trace_id/span_id to every event."""
     ctx = trace.get_current_span().get_span_context()
     if ctx.is_valid:

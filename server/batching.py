@@ -136,10 +136,11 @@ class DynamicBatcher:
     async def _next(self, wait: float | None) -> _Pending | None:
         """The next queued call; None when `wait` seconds pass first or on stop."""
         if self._carry is not None:
-            item, self._carry = self._carry, None
-            return item
+            carried, self._carry = self._carry, None
+            return carried
         if self._stopping:
             return None
+        item: _Pending | None
         try:
             if wait is None:
                 item = await self._queue.get()
