@@ -356,8 +356,11 @@ async def test_call_whose_deadline_passes_in_the_queue_is_not_computed(
     await r.server.load()
     try:
         opener = asyncio.ensure_future(r.stub.Forecast(request()))
-        while r.server.batcher.queue_depth == 0 and not opener.done():
+        for _ in range(400):  # until the opener waits in the open batch
+            if r.server.batcher.queue_depth or opener.done():
+                break
             await asyncio.sleep(0.005)
+        assert r.server.batcher.queue_depth == 1
         late = pb.ForecastRequest(horizon=1, series=[_series(GOOD, "late")])
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await r.stub.Forecast(late, timeout=0.1)

@@ -1,0 +1,289 @@
+"""Training: pooled sliding windows, pinball loss, Adam, early stopping, test-split scores.
+
+Each series is split chronologically with :func:`server.data.split_points`. A window
+reads ``lookback`` values and predicts the next ``horizon``; its targets lie wholly in one
+split (train, validation or test) while its inputs may reach back into earlier ones. The
+windows of all series are pooled. Training is seeded: the same dataset, config and params
+give bit-identical weights on the same machine and thread count.
+
+The defaults (with ``ModelConfig()``: lookback 48, hidden 32, 2 layers) train on
+seattle-temps in about 6 s on 2 CPU cores, to a test MASE of about 0.52 and a MAE of
+0.42 times that of seasonal naive.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from server.data import DataError, Dataset, split_points
+from server.model import LSTMForecaster, ModelConfig, predict, scale_windows
+from server.scoring import insample_seasonal_mae, offline_scores, seasonal_naive_forecast
+
+__all__ = ["TrainParams", "TrainResult", "train"]
+
+GRAD_CLIP_NORM = 1.0
+EVAL_CHUNK = 4096  # windows per forward pass when validating and scoring
+_ALL = slice(None)
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    """How to train; validated on construction."""
+
+    epochs: int = 30
+    batch_size: int = 256
+    learning_rate: float = 3e-3
+    patience: int = 5
+    seed: int = 0
+    max_windows_per_epoch: int | None = 2048
+    series_ids: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.series_ids, list):
+            object.__setattr__(self, "series_ids", tuple(self.series_ids))
+        for name in ("epochs", "batch_size", "patience"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
+            raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}")
+        lr = self.learning_rate
+        if not isinstance(lr, int | float) or not math.isfinite(lr) or lr <= 0:
+            raise ValueError(f"learning_rate must be a number > 0, got {lr!r}")
+        mw = self.max_windows_per_epoch
+        if mw is not None and (not isinstance(mw, int) or isinstance(mw, bool) or mw < 1):
+            raise ValueError(f"max_windows_per_epoch must be None or an integer >= 1, got {mw!r}")
+        ids = self.series_ids
+        if ids is not None and (
+            not isinstance(ids, tuple) or not ids or not all(isinstance(s, str) for s in ids)
+        ):
+            raise ValueError(f"series_ids must be None or a non-empty tuple of str, got {ids!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict (series_ids as a list or None)."""
+        d = asdict(self)
+        d["series_ids"] = None if self.series_ids is None else list(self.series_ids)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> TrainParams:
+        """Inverse of :meth:`to_dict`; missing fields take defaults, unknown ones are refused."""
+        unknown = sorted(set(d) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown train params field(s): {', '.join(map(str, unknown))}")
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """A trained model: best-validation weights, test scores and the loss history."""
+
+    config: ModelConfig
+    params: TrainParams
+    state_dict: dict[str, torch.Tensor] = field(repr=False)
+    scores: dict[str, float]
+    history: list[dict[str, float]]
+    epochs_run: int
+    stopped_early: bool
+
+
+@dataclass(frozen=True)
+class _Windows:
+    """The windows of one split, pooled over series, as forecast origins into one flat array
+    of all values (memory stays linear in the data, whatever the lookback)."""
+
+    values: np.ndarray  # every chosen series, concatenated
+    origins: np.ndarray  # (n,) index in `values` of each window's first target
+    insample_scale: np.ndarray  # (n,) training-part seasonal-naive MAE of the window's series
+    config: ModelConfig
+
+    def __len__(self) -> int:
+        return int(self.origins.size)
+
+    def _take(self, idx: np.ndarray | slice, offsets: np.ndarray) -> np.ndarray:
+        return self.values[self.origins[idx][:, None] + offsets]
+
+    def inputs(self, idx: np.ndarray | slice = _ALL) -> np.ndarray:
+        """(n, lookback) raw histories."""
+        return self._take(idx, np.arange(-self.config.lookback, 0))
+
+    def targets(self, idx: np.ndarray | slice = _ALL) -> np.ndarray:
+        """(n, horizon) raw actuals."""
+        return self._take(idx, np.arange(self.config.horizon))
+
+    def snaive(self, idx: np.ndarray | slice = _ALL) -> np.ndarray:
+        """(n, horizon) seasonal-naive forecasts of the targets."""
+        m = self.config.season_length
+        return seasonal_naive_forecast(self._take(idx, np.arange(-m, 0)), self.config.horizon, m)
+
+    def tensors(self, idx: np.ndarray | slice) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs and targets scaled with the inputs' per-window loc/scale, as float32."""
+        x, loc, scale = scale_windows(self.inputs(idx))
+        y = (self.targets(idx) - loc) / scale
+        return torch.from_numpy(x.astype(np.float32)), torch.from_numpy(y.astype(np.float32))
+
+
+def _build_windows(
+    dataset: Dataset, config: ModelConfig, series_ids: tuple[str, ...] | None
+) -> tuple[_Windows, _Windows, _Windows]:
+    """Pooled (train, val, test) windows: a window with first target ``t`` belongs to the
+    split holding ``t .. t + horizon - 1``, and needs ``t >= lookback``."""
+    chosen = dataset.series if series_ids is None else tuple(dataset.get(s) for s in series_ids)
+    lb, h, m = config.lookback, config.horizon, config.season_length
+    origins: list[list[np.ndarray]] = [[], [], []]
+    scales: list[list[np.ndarray]] = [[], [], []]
+    offset = 0
+    for s in chosen:
+        n = len(s)
+        train_end, val_end = split_points(n)
+        bounds = ((0, train_end), (train_end, val_end), (val_end, n))
+        split_origins = [np.arange(max(a, lb), b - h + 1) for a, b in bounds]
+        insample = 0.0
+        if split_origins[2].size:
+            insample = insample_seasonal_mae(s.values[:train_end], m) if train_end > m else 0.0
+            if insample <= 0:
+                raise DataError(
+                    f"series {s.series_id!r}: its training part has no seasonal variation "
+                    f"(season_length={m}), so MASE is undefined"
+                )
+        for k, o in enumerate(split_origins):
+            origins[k].append(o + offset)
+            scales[k].append(np.full(o.size, insample))
+        offset += n
+    values = np.concatenate([s.values for s in chosen])
+    train_w, val_w, test_w = (
+        _Windows(values, np.concatenate(origins[k]), np.concatenate(scales[k]), config)
+        for k in range(3)
+    )
+    for label, w in (("training", train_w), ("validation", val_w), ("test", test_w)):
+        if len(w) == 0:
+            raise DataError(
+                f"dataset {dataset.name!r} gives no {label} windows for lookback "
+                f"{lb} and horizon {h}: the series are too short"
+            )
+    return train_w, val_w, test_w
+
+
+def _pinball(pred: torch.Tensor, target: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """Mean quantile loss; pred (B, H, Q), target (B, H), q (Q,)."""
+    err = target.unsqueeze(-1) - pred
+    return torch.maximum(q * err, (q - 1.0) * err).mean()
+
+
+def _val_loss(net: LSTMForecaster, windows: _Windows, idx: np.ndarray, q: torch.Tensor) -> float:
+    """Mean pinball loss (scaled units) over the windows ``idx``, in fixed chunks."""
+    net.eval()
+    total = 0.0
+    with torch.inference_mode():
+        for i in range(0, idx.size, EVAL_CHUNK):
+            xb, yb = windows.tensors(idx[i : i + EVAL_CHUNK])
+            total += float(_pinball(net(xb), yb, q)) * xb.shape[0]
+    return total / idx.size
+
+
+def _test_scores(net: LSTMForecaster, windows: _Windows) -> dict[str, float]:
+    """Offline scores of the served path (:func:`predict`) on every test window."""
+    idx = np.arange(len(windows))
+    forecasts = np.concatenate(
+        [
+            predict(net, windows.inputs(idx[i : i + EVAL_CHUNK]))
+            for i in range(0, idx.size, EVAL_CHUNK)
+        ]
+    )
+    return offline_scores(
+        windows.targets(),
+        forecasts,
+        net.config.quantiles,
+        insample_scale=windows.insample_scale,
+        snaive=windows.snaive(),
+    )
+
+
+def train(
+    dataset: Dataset, config: ModelConfig, params: TrainParams, *, progress: bool = True
+) -> TrainResult:
+    """Train on the dataset's training splits, stop early on validation loss, score on test.
+
+    Raises DataError when a split gets no windows or a series' training part has no
+    seasonal variation, ValueError when config.freq is not the dataset's, KeyError for an
+    unknown series id, RuntimeError if the validation loss is never finite.
+    """
+    config.validate()
+    if config.freq != dataset.freq:
+        raise ValueError(f"config.freq {config.freq!r} differs from the dataset's {dataset.freq!r}")
+    train_w, val_w, test_w = _build_windows(dataset, config, params.series_ids)
+    q = torch.tensor(config.quantiles, dtype=torch.float32)
+    rng = np.random.default_rng(params.seed)
+    n_train = len(train_w)
+    cap = params.max_windows_per_epoch
+    per_epoch = n_train if cap is None else min(cap, n_train)
+    # A fixed, evenly spread subset keeps validation cheap and comparable across epochs.
+    n_val = len(val_w) if cap is None else min(cap, len(val_w))
+    val_idx = np.unique(np.linspace(0, len(val_w) - 1, n_val).round().astype(np.int64))
+
+    history: list[dict[str, float]] = []
+    best_loss = math.inf
+    best_state: dict[str, torch.Tensor] = {}
+    since_best = 0
+    stopped_early = False
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(params.seed)
+        net = LSTMForecaster(config)
+        opt = torch.optim.Adam(net.parameters(), lr=params.learning_rate)
+        bar = tqdm(
+            range(1, params.epochs + 1),
+            desc=f"train {dataset.name}",
+            unit="epoch",
+            disable=not progress,
+            file=sys.stderr,
+            leave=False,
+        )
+        for epoch in bar:
+            net.train()
+            order = rng.permutation(n_train)[:per_epoch]
+            total = 0.0
+            for i in range(0, per_epoch, params.batch_size):
+                xb, yb = train_w.tensors(order[i : i + params.batch_size])
+                loss = _pinball(net(xb), yb, q)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(net.parameters(), GRAD_CLIP_NORM)
+                opt.step()
+                total += float(loss.detach()) * xb.shape[0]
+            train_loss = total / per_epoch
+            val_loss = _val_loss(net, val_w, val_idx, q)
+            history.append({"epoch": float(epoch), "train_loss": train_loss, "val_loss": val_loss})
+            bar.set_postfix(train=f"{train_loss:.4f}", val=f"{val_loss:.4f}")
+            if val_loss < best_loss:
+                best_loss, since_best = val_loss, 0
+                best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+            else:
+                since_best += 1
+                if since_best >= params.patience:
+                    stopped_early = epoch < params.epochs
+                    break
+        bar.close()
+
+    if not best_state:
+        raise RuntimeError("training diverged: the validation loss was never finite")
+    net.load_state_dict(best_state)
+    net.eval()
+    scores = _test_scores(net, test_w)
+    state = {k: v.detach().cpu().contiguous() for k, v in best_state.items()}
+    return TrainResult(
+        config=config,
+        params=params,
+        state_dict=state,
+        scores=scores,
+        history=history,
+        epochs_run=len(history),
+        stopped_early=stopped_early,
+    )

@@ -1,0 +1,173 @@
+"""The network, its config and inference."""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from server.model import LSTMForecaster, ModelConfig, build_model, predict, scale_windows
+
+TINY = ModelConfig(lookback=36, horizon=6, hidden=8, layers=1)
+
+
+def _random_model(config: ModelConfig = TINY, seed: int = 0) -> LSTMForecaster:
+    """A net whose head is not zero, so it does more than seasonal naive."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = build_model(config)
+        torch.nn.init.normal_(net.head.weight, std=0.5)
+        torch.nn.init.normal_(net.head.bias, std=0.5)
+    return net
+
+
+def _windows(n: int, lookback: int, seed: int = 1) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(lookback)
+    return 20 + 5 * np.sin(2 * np.pi * t / 24) + rng.normal(0, 1, (n, lookback))
+
+
+def test_config_round_trip_through_json() -> None:
+    config = ModelConfig(lookback=48, quantiles=(0.05, 0.5, 0.95), freq="D", season_length=7)
+    d = json.loads(json.dumps(config.to_dict()))
+    assert d["quantiles"] == [0.05, 0.5, 0.95]
+    back = ModelConfig.from_dict(d)
+    assert back == config
+    assert back.quantiles == (0.05, 0.5, 0.95)
+    assert back.point_index == 1
+
+
+def test_config_defaults_are_valid() -> None:
+    config = ModelConfig()
+    assert config.horizon == 24 and config.quantiles == (0.1, 0.5, 0.9)
+    assert ModelConfig.from_dict({}) == config
+    assert ModelConfig.from_dict({"dropout": 0}).dropout == 0.0
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"lookback": 0}, "lookback"),
+        ({"lookback": 24}, "lookback"),  # must exceed season_length
+        ({"lookback": 72.0}, "lookback"),
+        ({"horizon": True}, "horizon"),
+        ({"hidden": -1}, "hidden"),
+        ({"layers": 0}, "layers"),
+        ({"dropout": 1.0}, "dropout"),
+        ({"dropout": "0.1"}, "dropout"),
+        ({"quantiles": []}, "quantiles"),
+        ({"quantiles": [0.1, 0.9]}, "quantiles"),
+        ({"quantiles": [0.5, 0.1]}, "quantiles"),
+        ({"quantiles": [0.5, 0.5]}, "quantiles"),
+        ({"quantiles": [0.0, 0.5]}, "quantiles"),
+        ({"quantiles": [0.5, 1.0]}, "quantiles"),
+        ({"quantiles": 0.5}, "quantiles"),
+        ({"freq": ""}, "freq"),
+        ({"freq": "fortnightly"}, "freq"),
+        ({"step_seconds": 0}, "step_seconds"),
+        ({"season_length": 0}, "season_length"),
+        ({"colour": "red"}, "colour"),
+    ],
+)
+def test_config_validation_names_the_field(change: dict[str, Any], field: str) -> None:
+    with pytest.raises(ValueError, match=field):
+        ModelConfig.from_dict(ModelConfig().to_dict() | change)
+
+
+def test_forward_shape() -> None:
+    net = build_model(TINY)
+    out = net(torch.zeros(5, TINY.lookback))
+    assert out.shape == (5, TINY.horizon, 3)
+    assert not net.training
+
+
+def test_predict_shapes_and_dtype() -> None:
+    net = _random_model()
+    out = predict(net, _windows(4, TINY.lookback))
+    assert out.shape == (4, TINY.horizon, 3)
+    assert out.dtype == np.float64
+    assert predict(net, np.empty((0, TINY.lookback))).shape == (0, TINY.horizon, 3)
+
+
+def test_predict_rejects_bad_windows() -> None:
+    net = build_model(TINY)
+    with pytest.raises(ValueError, match="36"):
+        predict(net, np.zeros((2, TINY.lookback + 1)))
+    with pytest.raises(ValueError, match="finite"):
+        predict(net, np.full((1, TINY.lookback), np.nan))
+
+
+def test_untrained_model_is_seasonal_naive() -> None:
+    w = _windows(3, TINY.lookback)
+    out = predict(build_model(TINY), w)
+    expected = w[:, -24 : -24 + TINY.horizon]
+    for k in range(3):
+        np.testing.assert_allclose(out[..., k], expected, rtol=1e-6)
+
+
+def test_scaling_invariance() -> None:
+    net = _random_model()
+    x = _windows(8, TINY.lookback)
+    base = predict(net, x)
+    np.testing.assert_allclose(predict(net, 10 * x + 1000), 10 * base + 1000, rtol=1e-6, atol=1e-6)
+    assert np.abs(base - predict(build_model(TINY), x)).max() > 0.1  # the head matters
+
+
+def test_constant_window_gives_finite_forecast() -> None:
+    net = _random_model()
+    for level in (0.0, 7.5, -1e6):
+        out = predict(net, np.full((2, TINY.lookback), level))
+        assert np.isfinite(out).all()
+        np.testing.assert_allclose(out, level, atol=1e-6 * max(1.0, abs(level)))
+
+
+def test_quantiles_sorted() -> None:
+    net = _random_model(seed=3)
+    with torch.inference_mode():
+        raw = net(torch.from_numpy(scale_windows(_windows(64, TINY.lookback))[0]).float())
+    assert (raw.diff(dim=-1) < 0).any()  # the raw head does cross ...
+    out = predict(net, _windows(64, TINY.lookback))
+    assert (np.diff(out, axis=-1) >= 0).all()  # ... predict never does
+
+
+def test_scale_windows_rule() -> None:
+    scaled, loc, scale = scale_windows(np.array([[1.0, 2.0, 3.0, 4.0], [5.0, 5.0, 5.0, 5.0]]))
+    np.testing.assert_allclose(loc, [[2.5], [5.0]])
+    np.testing.assert_allclose(scale, [[1.0], [5e-8]])
+    np.testing.assert_allclose(scaled, [[-1.5, -0.5, 0.5, 1.5], [0, 0, 0, 0]])
+    with pytest.raises(ValueError, match="batch, lookback"):
+        scale_windows(np.zeros(4))
+
+
+def test_build_model_loads_state_dict() -> None:
+    net = _random_model()
+    clone = build_model(TINY, net.state_dict())
+    x = _windows(3, TINY.lookback)
+    np.testing.assert_array_equal(predict(clone, x), predict(net, x))
+    state = dict(net.state_dict())
+    state.pop("head.bias")
+    with pytest.raises(RuntimeError, match=r"head\.bias"):
+        build_model(TINY, state)
+
+
+def test_predict_from_threads() -> None:
+    nets = [_random_model(seed=s) for s in (1, 2)]
+    x = _windows(16, TINY.lookback)
+    expected = [predict(n, x) for n in nets]
+    results: dict[tuple[int, int], np.ndarray] = {}
+
+    def work(i: int) -> None:
+        for r in range(20):
+            results[(i, r)] = predict(nets[i], x)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for (i, _), out in results.items():
+        np.testing.assert_array_equal(out, expected[i])

@@ -1,0 +1,187 @@
+"""Training: windows, reproducibility, early stopping and the default recipe on real data."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from server.data import DataError, Dataset, Series, load_dataset
+from server.model import ModelConfig, build_model, predict
+from server.scoring import offline_scores
+from server.training import TrainParams, TrainResult, _build_windows, _val_loss, train
+
+TINY = ModelConfig(lookback=36, horizon=6, hidden=8, layers=1)
+QUICK = TrainParams(epochs=2, batch_size=64, max_windows_per_epoch=256)
+
+
+def _synthetic(n: int = 600, n_series: int = 2) -> Dataset:
+    rng = np.random.default_rng(42)
+    ts = np.datetime64("2024-01-01T00:00", "ns") + np.arange(n) * np.timedelta64(1, "h")
+    t = np.arange(n)
+    series = tuple(
+        Series(
+            f"s{i}",
+            ts,
+            10 * (i + 1) + (3 + i) * np.sin(2 * np.pi * t / 24) + 0.01 * t + rng.normal(0, 0.3, n),
+        )
+        for i in range(n_series)
+    )
+    return Dataset(
+        name="synthetic",
+        series=series,
+        step=np.timedelta64(3600, "s").astype("timedelta64[ns]"),
+        season_length=24,
+        source="test",
+        content_hash="0",
+        freq="h",
+    )
+
+
+def test_params_validation_and_dict() -> None:
+    p = TrainParams(series_ids=("a", "b"))
+    assert p.to_dict()["series_ids"] == ["a", "b"]
+    assert TrainParams.from_dict(p.to_dict()) == p
+    with pytest.raises(ValueError, match="colour"):
+        TrainParams.from_dict({"colour": 1})
+    assert TrainParams().to_dict()["series_ids"] is None
+    for bad in (
+        {"epochs": 0},
+        {"batch_size": 1.5},
+        {"learning_rate": 0},
+        {"learning_rate": math.nan},
+        {"patience": 0},
+        {"seed": -1},
+        {"max_windows_per_epoch": 0},
+        {"series_ids": ()},
+    ):
+        (name,) = bad
+        with pytest.raises(ValueError, match=name):
+            TrainParams(**bad)
+
+
+def test_windows_lie_in_their_split() -> None:
+    ds = _synthetic()
+    train_w, val_w, test_w = _build_windows(ds, TINY, None)
+    # n=600: train [0, 420), val [420, 510), test [510, 600); origins from 36 resp. the split
+    assert len(train_w) == 2 * (420 - 6 - 36 + 1)
+    assert len(val_w) == 2 * (510 - 6 - 420 + 1)
+    assert len(test_w) == 2 * (600 - 6 - 510 + 1)
+    y0, y1 = ds.series[0].values, ds.series[1].values
+    np.testing.assert_array_equal(test_w.targets()[0], y0[510:516])
+    np.testing.assert_array_equal(test_w.inputs()[0], y0[510 - 36 : 510])
+    np.testing.assert_array_equal(test_w.snaive()[0], y0[510 - 24 : 510 - 18])
+    np.testing.assert_array_equal(train_w.targets()[0], y0[36:42])
+    np.testing.assert_array_equal(test_w.targets()[-1], y1[594:600])  # second series pooled
+    np.testing.assert_array_equal(val_w.inputs()[-1], y1[504 - 36 : 504])
+    assert test_w.insample_scale[0] == pytest.approx(np.abs(y0[24:420] - y0[:396]).mean())
+
+
+def test_tiny_training_result() -> None:
+    ds = _synthetic()
+    r = train(ds, TINY, QUICK, progress=False)
+    assert isinstance(r, TrainResult)
+    assert r.epochs_run == 2 and not r.stopped_early
+    assert [h["epoch"] for h in r.history] == [1.0, 2.0]
+    assert all(math.isfinite(h["train_loss"]) and math.isfinite(h["val_loss"]) for h in r.history)
+    assert r.scores["test_windows"] == 2 * 85
+    assert set(r.state_dict) == set(build_model(TINY).state_dict())
+    assert all(v.device.type == "cpu" and v.is_contiguous() for v in r.state_dict.values())
+
+    # the returned weights are the ones the scores were computed with
+    _, _, test_w = _build_windows(ds, TINY, None)
+    forecasts = predict(build_model(TINY, r.state_dict), test_w.inputs())
+    again = offline_scores(
+        test_w.targets(),
+        forecasts,
+        TINY.quantiles,
+        insample_scale=test_w.insample_scale,
+        snaive=test_w.snaive(),
+    )
+    assert again == r.scores
+
+
+def test_training_is_reproducible_and_leaves_global_rng_alone() -> None:
+    ds = _synthetic()
+    before = torch.get_rng_state()
+    a = train(ds, TINY, QUICK, progress=False)
+    assert torch.equal(torch.get_rng_state(), before)
+    b = train(ds, TINY, QUICK, progress=False)
+    assert a.state_dict.keys() == b.state_dict.keys()
+    assert all(torch.equal(a.state_dict[k], b.state_dict[k]) for k in a.state_dict)
+    assert a.history == b.history and a.scores == b.scores
+    c = train(ds, TINY, replace(QUICK, seed=1), progress=False)
+    assert any(not torch.equal(a.state_dict[k], c.state_dict[k]) for k in a.state_dict)
+
+
+def test_early_stopping_restores_best() -> None:
+    params = TrainParams(
+        epochs=60, batch_size=64, learning_rate=0.03, max_windows_per_epoch=None, patience=1
+    )
+    ds = _synthetic()
+    r = train(ds, TINY, params, progress=False)
+    assert r.stopped_early and r.epochs_run < 60
+    assert len(r.history) == r.epochs_run
+    losses = [h["val_loss"] for h in r.history]
+    assert losses[-1] >= min(losses[:-1])  # stopped on the first epoch that did not improve
+    # the weights returned are those of the best epoch, not the last
+    _, val_w, _ = _build_windows(ds, TINY, None)
+    q = torch.tensor(TINY.quantiles)
+    best = _val_loss(build_model(TINY, r.state_dict), val_w, np.arange(len(val_w)), q)
+    assert best == pytest.approx(min(losses), rel=1e-6)
+    assert best < losses[-1]
+
+
+def test_series_ids_select_series() -> None:
+    ds = _synthetic()
+    r = train(ds, TINY, TrainParams(epochs=1, series_ids=("s1",)), progress=False)
+    assert r.scores["test_windows"] == 85
+    with pytest.raises(KeyError, match="nope"):
+        train(ds, TINY, TrainParams(epochs=1, series_ids=("nope",)), progress=False)
+
+
+def test_rejects_unusable_inputs() -> None:
+    ds = _synthetic()
+    with pytest.raises(ValueError, match="freq"):
+        train(ds, ModelConfig(lookback=36, hidden=8, freq="D"), QUICK, progress=False)
+    with pytest.raises(DataError, match="too short"):
+        train(_synthetic(n=50), TINY, QUICK, progress=False)
+    flat = _synthetic()
+    const = Series("flat", flat.series[0].timestamps, np.full(600, 3.0))
+    with pytest.raises(DataError, match="no seasonal variation"):
+        train(replace(flat, series=(const,)), TINY, QUICK, progress=False)
+
+
+def test_progress_bar_on_stderr(capsys: pytest.CaptureFixture[str]) -> None:
+    train(_synthetic(), TINY, TrainParams(epochs=1), progress=True)
+    captured = capsys.readouterr()
+    assert "epoch" in captured.err and "val=" in captured.err
+    assert captured.out == ""
+
+
+@pytest.fixture(scope="module")
+def seattle() -> TrainResult:
+    """The default recipe on the real bundled seattle-temps, trained once."""
+    return train(load_dataset("seattle-temps"), ModelConfig(), TrainParams(), progress=False)
+
+
+@pytest.mark.slow
+def test_default_recipe_beats_seasonal_naive(seattle: TrainResult) -> None:
+    s = seattle.scores
+    assert s["mase"] < 1.0
+    assert s["relmae_snaive"] < 1.0
+    assert 0.5 < s["coverage_0.1_0.9"] <= 1.0
+    assert s["test_windows"] == 1314 - 24 + 1
+
+
+@pytest.mark.slow
+def test_default_recipe_weights_serve(seattle: TrainResult) -> None:
+    net = build_model(seattle.config, seattle.state_dict)
+    y = load_dataset("seattle-temps").series[0].values
+    out = predict(net, y[None, -seattle.config.lookback :])
+    assert out.shape == (1, 24, 3)
+    assert np.isfinite(out).all()
+    assert 20 < out[0, 0, 1] < 70  # Fahrenheit in late December
