@@ -51,7 +51,11 @@ def run_demo(workdir: Path, *, quick: bool = False) -> int:
     params = TrainParams(epochs=2, max_windows_per_epoch=1024) if quick else TrainParams()
 
     say(f"== 1. Train an LSTM on real data: {dataset.source}")
-    say(f"   {len(series)} hourly values, {series.timestamps[0]} .. {series.timestamps[-1]}")
+    say(
+        f"   {len(series)} hourly values, {str(series.timestamps[0])[:16]} .. "
+        f"{str(series.timestamps[-1])[:16]} (smooth, like climate normals, so"
+    )
+    say("   errors are tenths of a degree and yesterday-same-hour is a strong baseline)")
     key = recipe_key(dataset, config, params)
     version = find_by_recipe(registry, MODEL, key)
     if version is not None:
@@ -137,7 +141,10 @@ def _forecast_calls(target: str, series: Series, season_length: int) -> int:
             model_errors.append(np.abs(f.point - actual))
             naive_errors.append(np.abs(naive - actual))
             assert f.timestamps is not None
-            say(f"\n   forecast from {str(f.timestamps[0])[:16]} (id {f.forecast_id[:8]}…)")
+            say(
+                f"\n   {horizon} h after {str(series.timestamps[origin - 1])[:16]} "
+                f"(forecast id {f.forecast_id[:8]}…)"
+            )
             say("     ahead   time               forecast  80% interval      actual")
             for step in SHOW_STEPS:
                 i = step - 1
