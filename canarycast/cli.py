@@ -143,11 +143,8 @@ def _version() -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    import numpy as np
-
     from server.data import DataError, load_dataset
-    from server.model import ModelConfig
-    from server.pipeline import train_and_register
+    from server.pipeline import config_for, train_and_register
     from server.registry import Registry
     from server.training import TrainParams
 
@@ -157,18 +154,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"canarycast train: {exc}", file=sys.stderr)
         return 2
     try:
-        config = ModelConfig(
+        config = config_for(
+            dataset,
             lookback=args.lookback,
             horizon=args.horizon,
             hidden=args.hidden,
             layers=args.layers,
             dropout=args.dropout,
             quantiles=tuple(args.quantiles),
-            freq=dataset.freq,
-            step_seconds=int(dataset.step / np.timedelta64(1, "s")),
-            season_length=dataset.season_length,
         )
-        config.validate()
         params = TrainParams(
             epochs=args.epochs,
             batch_size=args.batch_size,

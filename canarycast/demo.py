@@ -21,8 +21,7 @@ import numpy as np
 from canarycast.client import ForecastClient, SeriesData
 from canarycast.processes import ProcessFailed, start_component
 from server.data import Series, load_dataset, split_points
-from server.model import ModelConfig
-from server.pipeline import find_by_recipe, recipe_key, train_and_register
+from server.pipeline import config_for, find_by_recipe, recipe_key, train_and_register
 from server.registry import Registry
 from server.scoring import seasonal_naive_forecast
 from server.training import TrainParams
@@ -41,11 +40,7 @@ def run_demo(workdir: Path, *, quick: bool = False) -> int:
     registry = Registry(registry_dir)
     dataset = load_dataset(DATASET)
     series = dataset.series[0]
-    config = ModelConfig(
-        freq=dataset.freq,
-        step_seconds=int(dataset.step / np.timedelta64(1, "s")),
-        season_length=dataset.season_length,
-    )
+    config = config_for(dataset)
     if quick:
         config = replace(config, hidden=16, layers=1, lookback=48)
     params = TrainParams(epochs=2, max_windows_per_epoch=1024) if quick else TrainParams()

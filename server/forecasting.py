@@ -89,6 +89,13 @@ def _check_series_id(series_id: str, field: str, limits: Limits) -> None:
         raise InvalidArgument(field, f"longer than {limits.max_series_id_bytes} bytes")
 
 
+def _check_finite(values: np.ndarray, field: str, where: str) -> None:
+    finite = np.isfinite(values)
+    if not finite.all():
+        bad = int(np.argmin(finite))
+        raise InvalidArgument(f"{field}[{bad}]", f"is {values[bad]} {where}; values must be finite")
+
+
 def history_scale(history: np.ndarray) -> float:
     """Mean absolute one-step change: the error scale of a series (as in MASE)."""
     if history.size < 2:
@@ -180,12 +187,7 @@ class Forecaster:
                     f"{field}.history",
                     f"has {n} values {where}; the limit is {limits.max_history}",
                 )
-            finite = np.isfinite(s.history)
-            if not finite.all():
-                bad = int(np.argmin(finite))
-                raise InvalidArgument(
-                    f"{field}.history[{bad}]", f"is {s.history[bad]} {where}; values must be finite"
-                )
+            _check_finite(s.history, f"{field}.history", where)
             if s.step is not None:
                 if s.start is None:
                     raise InvalidArgument(f"{field}.step", f"is set without start {where}")
@@ -273,12 +275,7 @@ class Forecaster:
                     f"{field}.timestamps",
                     f"has {o.timestamps.size} entries for {o.values.size} values {where}",
                 )
-            finite = np.isfinite(o.values)
-            if not finite.all():
-                bad = int(np.argmin(finite))
-                raise InvalidArgument(
-                    f"{field}.values[{bad}]", f"is {o.values[bad]} {where}; values must be finite"
-                )
+            _check_finite(o.values, f"{field}.values", where)
             if o.timestamps.size > 1 and not (np.diff(o.timestamps) > 0).all():
                 bad = int(np.argmin(np.diff(o.timestamps) > 0)) + 1
                 raise InvalidArgument(

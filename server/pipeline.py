@@ -11,12 +11,25 @@ import datetime as dt
 import hashlib
 import json
 import time
+from typing import Any
+
+import numpy as np
 
 from canarycast import __version__
 from server.data import Dataset
 from server.model import ModelConfig
 from server.registry import ModelVersion, Registry
 from server.training import TrainParams, train
+
+
+def config_for(dataset: Dataset, **overrides: Any) -> ModelConfig:
+    """The default ModelConfig for `dataset` (its frequency, step and season), with overrides."""
+    fields = {
+        "freq": dataset.freq,
+        "step_seconds": int(dataset.step / np.timedelta64(1, "s")),
+        "season_length": dataset.season_length,
+    }
+    return ModelConfig(**{**fields, **overrides})
 
 
 def recipe_key(dataset: Dataset, config: ModelConfig, params: TrainParams) -> str:

@@ -9,12 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from server.data import load_dataset
 from server.model import ModelConfig
-from server.pipeline import train_and_register
+from server.pipeline import config_for, train_and_register
 from server.registry import ModelVersion, Registry
 from server.training import TrainParams
 
@@ -22,18 +21,8 @@ MODEL = "temps"
 
 
 def tiny_config(**overrides: object) -> ModelConfig:
-    dataset = load_dataset("seattle-temps")
-    base = {
-        "lookback": 48,
-        "horizon": 12,
-        "hidden": 8,
-        "layers": 1,
-        "freq": dataset.freq,
-        "step_seconds": int(dataset.step / np.timedelta64(1, "s")),
-        "season_length": dataset.season_length,
-    }
-    base.update(overrides)
-    return ModelConfig(**base)  # type: ignore[arg-type]
+    base: dict[str, object] = {"lookback": 48, "horizon": 12, "hidden": 8, "layers": 1}
+    return config_for(load_dataset("seattle-temps"), **{**base, **overrides})
 
 
 @dataclass(frozen=True)
