@@ -25,8 +25,9 @@ from canarycast.interceptors import ServerInterceptor
 from canarycast.telemetry import MetricsEndpoint, serve_metrics
 from canarycast.v1 import forecast_pb2 as pb
 from canarycast.v1 import forecast_pb2_grpc as pb_grpc
+from canarycast.validation import Limits
 from server.batching import DynamicBatcher
-from server.forecasting import Forecaster, Limits
+from server.forecasting import Forecaster
 from server.loader import LoadedModel, ModelWatcher, run_forward
 from server.metrics import ServerMetrics
 from server.registry import ModelRef, Registry

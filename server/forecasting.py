@@ -23,23 +23,21 @@ import numpy as np
 import pandas as pd
 from opentelemetry import trace
 
+from canarycast import spans
 from canarycast.errors import InvalidArgument, Unavailable
+from canarycast.validation import (
+    Limits,
+    Observation,
+    check_finite,
+    check_series_id,
+    history_scale,
+    validate_observations,
+)
 from server.batching import DynamicBatcher
 from server.loader import LoadedModel, ModelWatcher
 from server.metrics import ServerMetrics
 
 NS_PER_S = 1_000_000_000
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Per-call limits. Message size itself is capped by gRPC (`max_message_bytes`)."""
-
-    max_series_per_call: int = 1024
-    max_history: int = 100_000
-    max_series_id_bytes: int = 256
-    max_observation_points: int = 100_000
-    max_message_bytes: int = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -73,34 +71,7 @@ class ForecastAnswer:
     model: LoadedModel
     batch_size: int
     quantiles: tuple[float, ...]  # levels of SeriesForecast.quantiles, as requested
-
-
-@dataclass(frozen=True)
-class Observation:
-    series_id: str
-    timestamps: np.ndarray  # int64 ns
-    values: np.ndarray  # float64
-
-
-def _check_series_id(series_id: str, field: str, limits: Limits) -> None:
-    if not series_id:
-        raise InvalidArgument(field, "must not be empty")
-    if len(series_id.encode()) > limits.max_series_id_bytes:
-        raise InvalidArgument(field, f"longer than {limits.max_series_id_bytes} bytes")
-
-
-def _check_finite(values: np.ndarray, field: str, where: str) -> None:
-    finite = np.isfinite(values)
-    if not finite.all():
-        bad = int(np.argmin(finite))
-        raise InvalidArgument(f"{field}[{bad}]", f"is {values[bad]} {where}; values must be finite")
-
-
-def history_scale(history: np.ndarray) -> float:
-    """Mean absolute one-step change: the error scale of a series (as in MASE)."""
-    if history.size < 2:
-        return 0.0
-    return float(np.mean(np.abs(np.diff(history))))
+    variant: str
 
 
 def target_timestamps(start: int, n: int, horizon: int, step: int | None, freq: str) -> np.ndarray:
@@ -168,7 +139,7 @@ class Forecaster:
         ids: set[str] = set()
         for i, s in enumerate(query.series):
             field = f"series[{i}]"
-            _check_series_id(s.series_id, f"{field}.series_id", limits)
+            check_series_id(s.series_id, f"{field}.series_id", limits)
             if s.series_id in ids:
                 raise InvalidArgument(f"{field}.series_id", f"duplicate series id {s.series_id!r}")
             ids.add(s.series_id)
@@ -187,15 +158,19 @@ class Forecaster:
                     f"{field}.history",
                     f"has {n} values {where}; the limit is {limits.max_history}",
                 )
-            _check_finite(s.history, f"{field}.history", where)
+            check_finite(s.history, f"{field}.history", where)
             if s.step is not None:
                 if s.start is None:
                     raise InvalidArgument(f"{field}.step", f"is set without start {where}")
                 if s.step <= 0:
                     raise InvalidArgument(f"{field}.step", f"must be positive {where}")
 
-    async def forecast(self, query: ForecastQuery, deadline: float | None = None) -> ForecastAnswer:
-        """Validate against the current model, then batch. `deadline` is time.monotonic()."""
+    async def forecast(
+        self, query: ForecastQuery, deadline: float | None = None, variant: str | None = None
+    ) -> ForecastAnswer:
+        """Validate against the current model, then batch. `deadline` is time.monotonic();
+        `variant` (set by a router) overrides the server's own label for this call."""
+        variant = self.variant if variant is None else variant
         started_ns = time.time_ns()
         model = self.model()
         self.validate(query, model)
@@ -220,82 +195,40 @@ class Forecaster:
                     scale=history_scale(s.history),
                 )
             )
-        self._record(forecasts, model, result.batch_size, h, started_ns)
-        return ForecastAnswer(forecasts, model, result.batch_size, query.quantiles)
+        self._record(forecasts, model, variant, result.batch_size, started_ns)
+        return ForecastAnswer(forecasts, model, result.batch_size, query.quantiles, variant)
 
     def _record(
         self,
         forecasts: list[SeriesForecast],
         model: LoadedModel,
+        variant: str,
         batch_size: int,
-        horizon: int,
         started_ns: int,
     ) -> None:
         """One span per forecast, carrying what is needed to score it once actuals arrive."""
         if self.metrics is not None:
             self.metrics.forecasts.inc(len(forecasts))
         for f in forecasts:
-            attributes: dict[str, object] = {
-                "canarycast.series_id": f.series_id,
-                "canarycast.forecast_id": f.forecast_id,
-                "canarycast.model.name": model.name,
-                "canarycast.model.version": model.version_id,
-                "canarycast.variant": self.variant,
-                "canarycast.horizon": horizon,
-                "canarycast.batch_size": batch_size,
-                "canarycast.point": [float(v) for v in f.point],
-                "canarycast.scale": f.scale,
-            }
-            if f.timestamps is not None:
-                attributes["canarycast.target_timestamps"] = [int(t) for t in f.timestamps]
-            span = self.tracer.start_span(
-                "forecast",
+            spans.record_forecast(
+                self.tracer,
+                series_id=f.series_id,
+                forecast_id=f.forecast_id,
+                model_name=model.name,
+                model_version=model.version_id,
+                variant=variant,
+                point=f.point,
+                timestamps=f.timestamps,
+                scale=f.scale,
                 start_time=started_ns,
-                attributes=attributes,  # type: ignore[arg-type]
+                extra={spans.BATCH_SIZE: batch_size},
             )
-            span.end()
 
     def observe(self, observations: Sequence[Observation]) -> int:
         """Validate observed values and acknowledge them (one span per series)."""
-        if not observations:
-            raise InvalidArgument("observations", "at least one observation is required")
-        total = 0
-        ids: set[str] = set()
-        for i, o in enumerate(observations):
-            field = f"observations[{i}]"
-            _check_series_id(o.series_id, f"{field}.series_id", self.limits)
-            if o.series_id in ids:
-                raise InvalidArgument(f"{field}.series_id", f"duplicate series id {o.series_id!r}")
-            ids.add(o.series_id)
-            where = f"(series {o.series_id!r})"
-            if o.values.size == 0:
-                raise InvalidArgument(f"{field}.values", f"is empty {where}")
-            if o.timestamps.size != o.values.size:
-                raise InvalidArgument(
-                    f"{field}.timestamps",
-                    f"has {o.timestamps.size} entries for {o.values.size} values {where}",
-                )
-            _check_finite(o.values, f"{field}.values", where)
-            if o.timestamps.size > 1 and not (np.diff(o.timestamps) > 0).all():
-                bad = int(np.argmin(np.diff(o.timestamps) > 0)) + 1
-                raise InvalidArgument(
-                    f"{field}.timestamps[{bad}]", f"is not after the previous one {where}"
-                )
-            total += o.values.size
-        if total > self.limits.max_observation_points:
-            raise InvalidArgument(
-                "observations",
-                f"{total} points in one call; the limit is {self.limits.max_observation_points}",
-            )
+        total = validate_observations(observations, self.limits)
         for o in observations:
-            self.tracer.start_span(
-                "observe",
-                attributes={
-                    "canarycast.series_id": o.series_id,
-                    "canarycast.timestamps": [int(t) for t in o.timestamps],
-                    "canarycast.values": [float(v) for v in o.values],
-                },
-            ).end()
+            spans.record_observation(self.tracer, o.series_id, o.timestamps, o.values)
         if self.metrics is not None:
             self.metrics.observed_points.inc(total)
         return total

@@ -15,14 +15,15 @@ import grpc
 import numpy as np
 from google.protobuf.duration_pb2 import Duration
 
+from canarycast.headers import requested_variant
 from canarycast.v1 import forecast_pb2 as pb
 from canarycast.v1 import forecast_pb2_grpc as pb_grpc
+from canarycast.validation import Observation
 from server.forecasting import (
     NS_PER_S,
     ForecastAnswer,
     Forecaster,
     ForecastQuery,
-    Observation,
     SeriesQuery,
     deadline_from_remaining,
 )
@@ -49,8 +50,8 @@ def set_timestamps(target: Any, ns: np.ndarray) -> None:
         target.add(seconds=s, nanos=n)
 
 
-def answer_to_proto(answer: ForecastAnswer, variant: str) -> pb.ForecastResponse:
-    response = pb.ForecastResponse(model=model_ref(answer.model, variant))
+def answer_to_proto(answer: ForecastAnswer) -> pb.ForecastResponse:
+    response = pb.ForecastResponse(model=model_ref(answer.model, answer.variant))
     for f in answer.forecasts:
         out = response.forecasts.add(
             series_id=f.series_id, forecast_id=f.forecast_id, point=f.point.tolist()
@@ -105,11 +106,12 @@ class ForecasterServicer(pb_grpc.ForecasterServicer):
     async def Forecast(
         self, request: pb.ForecastRequest, context: grpc.aio.ServicerContext
     ) -> pb.ForecastResponse:
+        variant = requested_variant(context.invocation_metadata())
         query = query_from_proto(request)
         answer = await self.forecaster.forecast(
-            query, deadline_from_remaining(context.time_remaining())
+            query, deadline_from_remaining(context.time_remaining()), variant
         )
-        return answer_to_proto(answer, self.forecaster.variant)
+        return answer_to_proto(answer)
 
     async def Observe(
         self, request: pb.ObserveRequest, context: grpc.aio.ServicerContext

@@ -18,9 +18,9 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from canarycast.v1 import forecast_pb2 as pb
 from canarycast.v1 import forecast_pb2_grpc as pb_grpc
+from canarycast.validation import Limits
 from server.app import SERVICE_NAME, ModelServer, ServerSettings
 from server.data import load_dataset
-from server.forecasting import Limits
 from server.loader import load_model
 from server.metrics import ServerMetrics
 from tests.conftest import MODEL, TrainedRegistry

@@ -1,0 +1,77 @@
+"""The spans that carry forecasts and observations, written by servers and routers.
+
+The canary analysis reads these attributes to score forecasts once the actual
+values arrive, so their names are defined once, here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+from opentelemetry import trace
+
+FORECAST_SPAN = "forecast"
+OBSERVE_SPAN = "observe"
+
+SERIES_ID = "canarycast.series_id"
+FORECAST_ID = "canarycast.forecast_id"
+MODEL_NAME = "canarycast.model.name"
+MODEL_VERSION = "canarycast.model.version"
+VARIANT = "canarycast.variant"
+HORIZON = "canarycast.horizon"
+BATCH_SIZE = "canarycast.batch_size"
+POINT = "canarycast.point"
+SCALE = "canarycast.scale"
+TARGET_TIMESTAMPS = "canarycast.target_timestamps"  # int64 ns since the epoch
+TIMESTAMPS = "canarycast.timestamps"  # observed, int64 ns
+VALUES = "canarycast.values"  # observed
+SHADOW = "canarycast.shadow"  # True: a dual-run/shadow copy, never returned to the client
+ROUTING_REASON = "canarycast.routing_reason"
+BACKEND = "canarycast.backend"
+
+
+def record_forecast(
+    tracer: trace.Tracer,
+    *,
+    series_id: str,
+    forecast_id: str,
+    model_name: str,
+    model_version: str,
+    variant: str,
+    point: Sequence[float] | np.ndarray,
+    timestamps: Sequence[int] | np.ndarray | None,
+    scale: float,
+    start_time: int | None = None,
+    extra: dict[str, str | int | float | bool] | None = None,
+) -> None:
+    """One finished `forecast` span, a child of the current span."""
+    attributes: dict[str, str | int | float | bool | list[float] | list[int]] = {
+        SERIES_ID: series_id,
+        FORECAST_ID: forecast_id,
+        MODEL_NAME: model_name,
+        MODEL_VERSION: model_version,
+        VARIANT: variant,
+        HORIZON: len(point),
+        POINT: [float(v) for v in point],
+        SCALE: float(scale),
+    }
+    if timestamps is not None and len(timestamps):
+        attributes[TARGET_TIMESTAMPS] = [int(t) for t in timestamps]
+    if extra:
+        attributes.update(extra)
+    tracer.start_span(FORECAST_SPAN, start_time=start_time, attributes=attributes).end()
+
+
+def record_observation(
+    tracer: trace.Tracer, series_id: str, timestamps: Iterable[int], values: Iterable[float]
+) -> None:
+    """One finished `observe` span carrying the actual values of a series."""
+    tracer.start_span(
+        OBSERVE_SPAN,
+        attributes={
+            SERIES_ID: series_id,
+            TIMESTAMPS: [int(t) for t in timestamps],
+            VALUES: [float(v) for v in values],
+        },
+    ).end()
