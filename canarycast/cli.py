@@ -2,6 +2,7 @@
 
     canarycast train     train an LSTM on real data and register it
     canarycast serve     run a model server
+    canarycast route     run a router in front of stable and canary servers
     canarycast models    list / show / alias registered versions
     canarycast forecast  one-off forecast call against a server or router
     canarycast demo      the whole story on one machine
@@ -105,6 +106,46 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--max-queue-size", type=int, default=8192, help="series queued at most")
     p.add_argument("--reload-interval", type=float, default=1.0, help="alias poll, seconds")
+    p.add_argument("--grace", type=float, default=10.0, help="drain time on SIGTERM, seconds")
+
+    p = sub.add_parser("route", help="run a router in front of stable and canary servers")
+    p.add_argument("--host", default="127.0.0.1", help="listen address (default: %(default)s)")
+    p.add_argument("--port", type=int, default=50050, help="gRPC port, 0 for a free one")
+    p.add_argument("--metrics-port", type=int, help="Prometheus /metrics port (off if unset)")
+    p.add_argument(
+        "--stable", nargs="+", required=True, metavar="HOST:PORT", help="stable replicas"
+    )
+    p.add_argument("--canary", nargs="+", default=[], metavar="HOST:PORT", help="canary replicas")
+    p.add_argument(
+        "--canary-weight",
+        type=float,
+        default=0.0,
+        help="fraction of calls the canary answers, 0..1 (split mode)",
+    )
+    p.add_argument(
+        "--mode",
+        choices=["split", "shadow"],
+        default="split",
+        help="split: the canary answers a fraction of calls; shadow: stable answers all",
+    )
+    p.add_argument(
+        "--sticky-key",
+        choices=["series_id", "none"],
+        default="series_id",
+        help="route by the id of the call's first series (sticky) or at random",
+    )
+    p.add_argument(
+        "--mirror-fraction",
+        type=float,
+        default=1.0,
+        help="fraction of calls also sent to the other variant off the request path "
+        "(dual-run / shadow copies), 0..1",
+    )
+    p.add_argument("--mirror-queue-size", type=int, default=1024, help="copies queued at most")
+    p.add_argument("--mirror-timeout", type=float, default=5.0, help="deadline of a copy, s")
+    p.add_argument(
+        "--keepalive", type=float, default=2.0, help="seconds to notice a stalled backend"
+    )
     p.add_argument("--grace", type=float, default=10.0, help="drain time on SIGTERM, seconds")
 
     p = sub.add_parser("models", help="list, show or alias registered model versions")
@@ -223,6 +264,34 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return asyncio.run(run(settings))
     except (RegistryError, ValueError, OSError) as exc:
         print(f"canarycast serve: {exc}", file=sys.stderr)
+        return 1
+
+
+def cmd_route(args: argparse.Namespace) -> int:
+    from canarycast.telemetry import configure_tracing
+    from router.app import RouterSettings, run
+    from router.routing import Mode, StickyKey
+
+    configure_tracing("canarycast-router")
+    try:
+        settings = RouterSettings(
+            stable=args.stable,
+            canary=args.canary,
+            host=args.host,
+            port=args.port,
+            metrics_port=args.metrics_port,
+            canary_weight=args.canary_weight,
+            mode=Mode(args.mode),
+            sticky_key=StickyKey(args.sticky_key),
+            mirror_fraction=args.mirror_fraction,
+            mirror_queue_size=args.mirror_queue_size,
+            mirror_timeout=args.mirror_timeout,
+            keepalive=args.keepalive,
+            grace=args.grace,
+        )
+        return asyncio.run(run(settings))
+    except (ValueError, OSError) as exc:
+        print(f"canarycast route: {exc}", file=sys.stderr)
         return 1
 
 
@@ -349,6 +418,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 COMMANDS = {
     "train": cmd_train,
     "serve": cmd_serve,
+    "route": cmd_route,
     "models": cmd_models,
     "forecast": cmd_forecast,
     "demo": cmd_demo,

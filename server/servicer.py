@@ -16,9 +16,9 @@ import numpy as np
 from google.protobuf.duration_pb2 import Duration
 
 from canarycast.headers import requested_variant
+from canarycast.messages import observations_from_proto
 from canarycast.v1 import forecast_pb2 as pb
 from canarycast.v1 import forecast_pb2_grpc as pb_grpc
-from canarycast.validation import Observation
 from server.forecasting import (
     NS_PER_S,
     ForecastAnswer,
@@ -61,19 +61,6 @@ def answer_to_proto(answer: ForecastAnswer) -> pb.ForecastResponse:
         for level, values in zip(answer.quantiles, f.quantiles, strict=True):
             out.quantiles.add(quantile=level, values=values.tolist())
     return response
-
-
-def observations_from_proto(request: pb.ObserveRequest) -> list[Observation]:
-    return [
-        Observation(
-            series_id=o.series_id,
-            timestamps=np.fromiter(
-                (t.ToNanoseconds() for t in o.timestamps), dtype=np.int64, count=len(o.timestamps)
-            ),
-            values=np.asarray(o.values, dtype=np.float64),
-        )
-        for o in request.observations
-    ]
 
 
 def model_ref(model: LoadedModel, variant: str) -> pb.ModelRef:

@@ -1,0 +1,71 @@
+"""Prometheus metrics of a router, per variant."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from canarycast.interceptors import LATENCY_BUCKETS, RpcMetrics
+
+
+class RouterMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        self.rpc = RpcMetrics(self.registry, "canarycast_router")
+        self.routed = Counter(
+            "canarycast_router_routed_calls",
+            "Forecast calls answered through a backend, by variant, routing reason and code.",
+            ["variant", "reason", "code"],
+            registry=self.registry,
+        )
+        self.backend_latency = Histogram(
+            "canarycast_router_backend_duration_seconds",
+            "Time a backend took to answer a Forecast call, by variant.",
+            ["variant"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.backend_failures = Counter(
+            "canarycast_router_backend_failures",
+            "Backend calls that failed, by variant and code (counted against that variant).",
+            ["variant", "code"],
+            registry=self.registry,
+        )
+        self.failovers = Counter(
+            "canarycast_router_failovers",
+            "Calls retried on the other variant because the chosen one failed or was down.",
+            ["from_variant"],
+            registry=self.registry,
+        )
+        self.mirrored = Counter(
+            "canarycast_router_mirror_calls",
+            "Copies of calls sent off the request path (shadow, dual-run), by variant and code.",
+            ["variant", "code"],
+            registry=self.registry,
+        )
+        self.mirror_dropped = Counter(
+            "canarycast_router_mirror_dropped",
+            "Copies dropped because the mirror queue was full or no replica was serving.",
+            ["variant"],
+            registry=self.registry,
+        )
+        self.mirror_queue = Gauge(
+            "canarycast_router_mirror_queue_depth",
+            "Copies waiting to be sent.",
+            registry=self.registry,
+        )
+        self.canary_weight = Gauge(
+            "canarycast_router_canary_weight",
+            "Fraction of calls the canary answers (0 in shadow mode).",
+            registry=self.registry,
+        )
+        self.backend_serving = Gauge(
+            "canarycast_router_backend_serving",
+            "1 when a backend replica reports SERVING.",
+            ["variant", "address"],
+            registry=self.registry,
+        )
+        self.observed_points = Counter(
+            "canarycast_router_observed_points",
+            "Observed values accepted by Observe.",
+            registry=self.registry,
+        )

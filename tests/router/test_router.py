@@ -1,0 +1,367 @@
+"""A router in front of real stable and canary model servers, all on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import grpc
+import numpy as np
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from canarycast import spans
+from canarycast.headers import VARIANT_HEADER
+from canarycast.v1 import forecast_pb2 as pb
+from canarycast.v1 import forecast_pb2_grpc as pb_grpc
+from router.app import RouterServer, RouterSettings
+from router.routing import Mode, StickyKey
+from server.app import ModelServer, ServerSettings
+from server.data import load_dataset
+from tests.conftest import MODEL, TrainedRegistry
+
+SERIES = load_dataset("seattle-temps").series[0]
+LOOKBACK = 48
+START_NS = int(SERIES.timestamps[0].astype("datetime64[ns]").astype(np.int64))
+
+
+def request(series_id: str = "s", offset: int = 1000, horizon: int = 6) -> pb.ForecastRequest:
+    req = pb.ForecastRequest(horizon=horizon)
+    s = req.series.add(series_id=series_id, history=SERIES.values[offset : offset + LOOKBACK])
+    s.start.FromNanoseconds(START_NS + offset * 3600 * 10**9)
+    return req
+
+
+def tracer_provider() -> tuple[TracerProvider, InMemorySpanExporter]:
+    provider = TracerProvider()
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return provider, exporter
+
+
+@dataclass
+class Cluster:
+    stable: ModelServer
+    canary: ModelServer
+    router: RouterServer
+    channel: grpc.aio.Channel
+    stub: pb_grpc.ForecasterStub
+    router_spans: InMemorySpanExporter
+    server_spans: InMemorySpanExporter
+    trained: TrainedRegistry
+
+    async def close(self) -> None:
+        await self.channel.close()
+        await self.router.stop(grace=1)
+        await self.stable.stop(grace=1)
+        await self.canary.stop(grace=1)
+
+    def forecasts(self) -> list:  # type: ignore[type-arg]
+        return [s for s in self.router_spans.get_finished_spans() if s.name == "forecast"]
+
+
+async def make_cluster(
+    trained: TrainedRegistry, *, load_canary: bool = True, **router_kw
+) -> Cluster:  # type: ignore[no-untyped-def]
+    trained.registry.set_alias(MODEL, "canary", trained.v2.version)
+    server_provider, server_spans = tracer_provider()
+    servers = []
+    for alias in ("stable", "canary"):
+        server = ModelServer(
+            ServerSettings(
+                registry=trained.root,
+                model=f"{MODEL}@{alias}",
+                port=0,
+                **(
+                    {"max_queue_delay": router_kw.pop("server_queue_delay")}
+                    if "server_queue_delay" in router_kw
+                    else {}
+                ),
+            ),
+            tracer_provider=server_provider,
+        )
+        await server.open()
+        if alias == "stable" or load_canary:
+            await server.load()
+        servers.append(server)
+    stable, canary = servers
+    router_provider, router_spans = tracer_provider()
+    router = RouterServer(
+        RouterSettings(
+            stable=[f"127.0.0.1:{stable.port}"],
+            canary=[f"127.0.0.1:{canary.port}"],
+            port=0,
+            metrics_port=0,
+            **router_kw,
+        ),
+        tracer_provider=router_provider,
+    )
+    await router.start()
+    if load_canary:
+        async with asyncio.timeout(20):
+            await router.wait_for_backends()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{router.port}")
+    return Cluster(
+        stable,
+        canary,
+        router,
+        channel,
+        pb_grpc.ForecasterStub(channel),
+        router_spans,
+        server_spans,
+        trained,
+    )
+
+
+@pytest.fixture
+async def cluster(registry_copy: TrainedRegistry) -> AsyncIterator[Cluster]:
+    c = await make_cluster(registry_copy, canary_weight=0.2, mirror_fraction=0.0)
+    yield c
+    await c.close()
+
+
+async def test_weighted_split_over_many_calls(registry_copy: TrainedRegistry) -> None:
+    c = await make_cluster(
+        registry_copy, canary_weight=0.2, sticky_key=StickyKey.NONE, mirror_fraction=0.0
+    )
+    try:
+        n, versions = 2000, []
+        for _ in range(n // 100):
+            answers = await asyncio.gather(*(c.stub.Forecast(request()) for _k in range(100)))
+            versions += [(a.model.variant, a.model.version) for a in answers]
+        v1, v2 = registry_copy.v1.version, registry_copy.v2.version
+        assert set(versions) == {("stable", v1), ("canary", v2)}
+        canary = sum(variant == "canary" for variant, _ in versions)
+        assert abs(canary - 0.2 * n) <= 4.5 * math.sqrt(n * 0.2 * 0.8), canary
+    finally:
+        await c.close()
+
+
+async def test_sticky_series_keep_their_variant_and_only_move_into_canary(cluster: Cluster) -> None:
+    ids = [f"sensor-{i}" for i in range(80)]
+
+    async def variants() -> dict[str, str]:
+        answers = await asyncio.gather(*(cluster.stub.Forecast(request(i)) for i in ids))
+        return {i: a.model.variant for i, a in zip(ids, answers, strict=True)}
+
+    first, second = await variants(), await variants()
+    assert first == second
+    assert 0 < sum(v == "canary" for v in first.values()) < len(ids)
+    cluster.router.router.set_weight(0.6)
+    raised = await variants()
+    moved_out = [i for i in ids if first[i] == "canary" and raised[i] == "stable"]
+    assert moved_out == []
+    assert sum(v == "canary" for v in raised.values()) > sum(v == "canary" for v in first.values())
+
+
+async def test_header_forces_a_variant_and_bad_values_are_refused(cluster: Cluster) -> None:
+    cluster.router.router.set_weight(0.0)
+    forced = await cluster.stub.Forecast(request(), metadata=((VARIANT_HEADER, "canary"),))
+    assert forced.model.variant == "canary"
+    assert forced.model.version == cluster.trained.v2.version
+    info = await cluster.stub.GetModel(pb.GetModelRequest(), metadata=((VARIANT_HEADER, "canary"),))
+    assert info.model.version == cluster.trained.v2.version
+    info = await cluster.stub.GetModel(pb.GetModelRequest())
+    assert info.model.version == cluster.trained.v1.version
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await cluster.stub.Forecast(request(), metadata=((VARIANT_HEADER, "blue"),))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert VARIANT_HEADER in (err.value.details() or "")
+    route_spans = [
+        s
+        for s in cluster.router_spans.get_finished_spans()
+        if s.name == "canarycast.v1.Forecaster/Forecast" and spans.ROUTING_REASON in s.attributes
+    ]
+    assert route_spans[0].attributes[spans.ROUTING_REASON] == "header"
+
+
+async def test_dual_run_records_both_variants_and_returns_only_the_chosen(
+    registry_copy: TrainedRegistry,
+) -> None:
+    c = await make_cluster(registry_copy, canary_weight=0.0, mirror_fraction=1.0)
+    try:
+        answer = await c.stub.Forecast(request("paired"))
+        assert answer.model.variant == "stable" and len(answer.forecasts) == 1
+        for _ in range(200):
+            if len(c.forecasts()) == 2:
+                break
+            await asyncio.sleep(0.01)
+        recorded = {s.attributes[spans.VARIANT]: s for s in c.forecasts()}
+        assert set(recorded) == {"stable", "canary"}
+        assert recorded["stable"].attributes[spans.SHADOW] is False
+        assert recorded["canary"].attributes[spans.SHADOW] is True
+        assert recorded["canary"].attributes[spans.MODEL_VERSION] == registry_copy.v2.version
+        for s in recorded.values():
+            assert s.attributes[spans.SERIES_ID] == "paired"
+            assert (
+                s.attributes[spans.TARGET_TIMESTAMPS]
+                == recorded["stable"].attributes[spans.TARGET_TIMESTAMPS]
+            )
+            assert s.attributes[spans.SCALE] > 0
+        returned = list(answer.forecasts[0].point)
+        assert list(recorded["stable"].attributes[spans.POINT]) == pytest.approx(returned)
+        assert list(recorded["canary"].attributes[spans.POINT]) != pytest.approx(returned)
+        mirrored = c.router.metrics.mirrored.labels("canary", "OK")._value.get()
+        assert mirrored == 1
+    finally:
+        await c.close()
+
+
+async def test_weight_changes_under_load_drop_no_call(cluster: Cluster) -> None:
+    failures: list[BaseException] = []
+    seen: set[str] = set()
+    stop = asyncio.Event()
+
+    async def client(k: int) -> None:
+        while not stop.is_set():
+            try:
+                a = await cluster.stub.Forecast(request(f"load-{k}", offset=10 * k))
+                seen.add(a.model.variant)
+            except grpc.aio.AioRpcError as exc:
+                failures.append(exc)
+
+    tasks = [asyncio.create_task(client(k)) for k in range(16)]
+    for weight in (0.0, 0.5, 1.0, 0.0):
+        cluster.router.router.set_weight(weight)
+        await asyncio.sleep(0.2)
+    stop.set()
+    await asyncio.gather(*tasks)
+    assert failures == []
+    assert seen == {"stable", "canary"}
+
+
+async def test_traces_and_deadlines_reach_the_server(registry_copy: TrainedRegistry) -> None:
+    # The servers keep a batch open 1 s; a 0.3 s client deadline must reach them and
+    # make them drop the call rather than compute it.
+    c = await make_cluster(
+        registry_copy, canary_weight=0.0, mirror_fraction=0.0, server_queue_delay=1.0
+    )
+    try:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await c.stub.Forecast(request("late"), timeout=0.3)
+        assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        for _ in range(300):
+            dropped = c.stable.metrics.dropped
+            total = (
+                dropped.labels("deadline")._value.get() + dropped.labels("cancelled")._value.get()
+            )
+            if total:
+                break
+            await asyncio.sleep(0.01)
+        assert total == 1
+        ok = await c.stub.Forecast(request("traced"), timeout=10)
+        assert ok.model.variant == "stable"
+        router_call = [
+            s
+            for s in c.router_spans.get_finished_spans()
+            if s.name == "canarycast.v1.Forecaster/Forecast"
+        ][-1]
+        server_call = next(
+            s
+            for s in c.server_spans.get_finished_spans()
+            if s.name == "canarycast.v1.Forecaster/Forecast"
+            and s.context.trace_id == router_call.context.trace_id
+        )
+        assert server_call.context.trace_id == router_call.context.trace_id
+        assert server_call.parent is not None
+        assert server_call.parent.span_id == router_call.context.span_id
+        server_forecast = next(
+            s for s in c.server_spans.get_finished_spans() if s.name == "forecast"
+        )
+        assert server_forecast.attributes[spans.VARIANT] == "stable"
+        assert router_call.attributes[spans.BACKEND] == f"127.0.0.1:{c.stable.port}"
+    finally:
+        await c.close()
+
+
+async def test_a_canary_that_is_not_serving_takes_no_traffic(
+    registry_copy: TrainedRegistry,
+) -> None:
+    c = await make_cluster(registry_copy, load_canary=False, canary_weight=1.0, mirror_fraction=0.0)
+    try:
+        answers = await asyncio.gather(*(c.stub.Forecast(request(f"s{i}")) for i in range(20)))
+        assert {a.model.variant for a in answers} == {"stable"}
+        assert c.router.metrics.failovers.labels("canary")._value.get() == 20
+        reasons = {
+            s.attributes.get(spans.ROUTING_REASON)
+            for s in c.router_spans.get_finished_spans()
+            if s.name == "canarycast.v1.Forecaster/Forecast"
+        }
+        assert reasons == {"failover"}
+        # a forced canary is not failed over: the caller asked for it
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await c.stub.Forecast(request(), metadata=((VARIANT_HEADER, "canary"),))
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "canary: 127.0.0.1" in (err.value.details() or "")
+    finally:
+        await c.close()
+
+
+async def test_observe_is_validated_and_recorded_even_with_every_backend_down(
+    registry_copy: TrainedRegistry,
+) -> None:
+    c = await make_cluster(registry_copy, canary_weight=0.5)
+    try:
+        await c.stable.stop(grace=0)
+        await c.canary.stop(grace=0)
+        obs = pb.SeriesObservation(series_id="a", values=[1.0, 2.0])
+        obs.timestamps.add(seconds=100)
+        obs.timestamps.add(seconds=200)
+        ok = await c.stub.Observe(pb.ObserveRequest(observations=[obs]))
+        assert ok.accepted_points == 2
+        [recorded] = [s for s in c.router_spans.get_finished_spans() if s.name == "observe"]
+        assert list(recorded.attributes[spans.VALUES]) == [1.0, 2.0]
+        assert list(recorded.attributes[spans.TIMESTAMPS]) == [100 * 10**9, 200 * 10**9]
+        bad = pb.SeriesObservation(
+            series_id="a", values=[float("inf")], timestamps=[{"seconds": 1}]
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await c.stub.Observe(pb.ObserveRequest(observations=[bad]))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert (err.value.details() or "").startswith("observations[0].values[0]")
+        # and forecasts now fail clearly
+        for _ in range(300):
+            if not any(r.serving for p in c.router.router.pools.values() for r in p.replicas):
+                break
+            await asyncio.sleep(0.01)
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await c.stub.Forecast(request())
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "no backend is serving" in (err.value.details() or "")
+    finally:
+        await c.close()
+
+
+async def test_backend_errors_pass_through_and_garbage_is_refused(cluster: Cluster) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await cluster.stub.Forecast(
+            pb.ForecastRequest(horizon=99, series=[{"series_id": "a", "history": [1.0] * 48}])
+        )
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (err.value.details() or "").startswith("horizon")
+    raw = cluster.channel.unary_unary("/canarycast.v1.Forecaster/Forecast")
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await raw(b"\xff\xff\xff\xff")
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "ForecastRequest" in (err.value.details() or "")
+
+
+async def test_shadow_mode_answers_from_stable_and_copies_to_canary(
+    registry_copy: TrainedRegistry,
+) -> None:
+    c = await make_cluster(registry_copy, mode=Mode.SHADOW, canary_weight=0.9)
+    try:
+        answers = await asyncio.gather(*(c.stub.Forecast(request(f"s{i}")) for i in range(30)))
+        assert {a.model.variant for a in answers} == {"stable"}
+        for _ in range(300):
+            if c.router.metrics.mirrored.labels("canary", "OK")._value.get() == 30:
+                break
+            await asyncio.sleep(0.01)
+        assert c.router.metrics.mirrored.labels("canary", "OK")._value.get() == 30
+        assert c.router.metrics.canary_weight._value.get() == 0.0
+    finally:
+        await c.close()
