@@ -60,7 +60,8 @@ class RouterServer:
             raise ValueError("at least one stable backend is required")
         self.settings = settings
         self.metrics = metrics or RouterMetrics()
-        self._all_serving = asyncio.Event()
+        self._health_changed = asyncio.Condition()
+        self._notifications: set[asyncio.Task[None]] = set()
         tracer = trace.get_tracer("canarycast.router", tracer_provider=tracer_provider)
 
         def pool(variant: str, addresses: Sequence[str]) -> BackendPool:
@@ -142,11 +143,13 @@ class RouterServer:
         self.metrics.backend_serving.labels(replica.variant, replica.address).set(
             1 if replica.serving else 0
         )
-        replicas = [r for p in self.router.pools.values() for r in p.replicas]
-        if all(r.serving for r in replicas):
-            self._all_serving.set()
-        else:
-            self._all_serving.clear()
+        task = asyncio.get_running_loop().create_task(self._notify_health())
+        self._notifications.add(task)  # the loop keeps only weak references to tasks
+        task.add_done_callback(self._notifications.discard)
+
+    async def _notify_health(self) -> None:
+        async with self._health_changed:
+            self._health_changed.notify_all()
 
     async def start(self) -> int:
         self.port = self.server.add_insecure_port(f"{self.settings.host}:{self.settings.port}")
@@ -176,9 +179,13 @@ class RouterServer:
         )
         return self.port
 
-    async def wait_for_backends(self) -> None:
-        """Until every configured replica reports SERVING (tests, the demo)."""
-        await self._all_serving.wait()
+    async def wait_for_backends(self, *variants: str) -> None:
+        """Until every replica of `variants` (default: all) reports SERVING."""
+        pools = [p for v, p in self.router.pools.items() if not variants or v in variants]
+        async with self._health_changed:
+            await self._health_changed.wait_for(
+                lambda: all(r.serving for p in pools for r in p.replicas)
+            )
 
     async def stop(self, grace: float | None = None) -> None:
         if self._stopped:

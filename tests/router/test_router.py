@@ -101,9 +101,8 @@ async def make_cluster(
         tracer_provider=router_provider,
     )
     await router.start()
-    if load_canary:
-        async with asyncio.timeout(20):
-            await router.wait_for_backends()
+    async with asyncio.timeout(20):
+        await router.wait_for_backends(*(() if load_canary else ("stable",)))
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{router.port}")
     return Cluster(
         stable,
