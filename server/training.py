@@ -41,7 +41,9 @@ class TrainParams:
     epochs: int = 30
     batch_size: int = 256
     learning_rate: float = 3e-3
-    patience: int = 5
+    # The validation loss often rises for the first few epochs before it falls; with a
+    # patience of 5, seed 1 stopped at epoch 9 with MASE 1.83 (seeds 0-7 at 10: 0.51-0.52).
+    patience: int = 10
     seed: int = 0
     max_windows_per_epoch: int | None = 2048
     series_ids: tuple[str, ...] | None = None
