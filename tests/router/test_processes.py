@@ -16,7 +16,7 @@ from canarycast.processes import Component, start_component
 from canarycast.v1 import forecast_pb2 as pb
 from canarycast.v1 import forecast_pb2_grpc as pb_grpc
 from router.app import RouterServer, RouterSettings
-from router.routing import StickyKey
+from router.routing import Mode, StickyKey
 from server.data import load_dataset
 from tests.conftest import MODEL, TrainedRegistry
 
@@ -77,15 +77,17 @@ async def run_load(
     return latencies, failures
 
 
-async def test_a_stalled_then_killed_canary_never_fails_or_slows_a_dual_run_call(
-    servers: tuple[Component, Component],
+@pytest.mark.parametrize("mode", [Mode.SPLIT, Mode.SHADOW], ids=["dual-run", "shadow"])
+async def test_a_stalled_then_killed_canary_never_fails_or_slows_a_call(
+    servers: tuple[Component, Component], mode: Mode
 ) -> None:
     stable, canary = servers
     router = RouterServer(
         RouterSettings(
             stable=[stable.target],
             canary=[canary.target],
-            canary_weight=0.0,
+            mode=mode,
+            canary_weight=0.0 if mode is Mode.SPLIT else 0.5,
             mirror_fraction=1.0,
             mirror_queue_size=16,
             mirror_workers=4,
