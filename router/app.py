@@ -4,18 +4,19 @@ answered by forwarding to stable and canary backends (see `router.proxy`)."""
 from __future__ import annotations
 
 import asyncio
-import signal
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import grpc
 import structlog
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1._async import HealthServicer
-from grpc_reflection.v1alpha import reflection
 from opentelemetry import trace
 
-from canarycast.interceptors import ServerInterceptor
+from canarycast.grpc_server import (
+    add_health_and_reflection,
+    make_server,
+    run_until_signalled,
+    set_serving,
+)
 from canarycast.telemetry import MetricsEndpoint, serve_metrics
 from canarycast.validation import Limits
 from router.backends import SERVICE, BackendPool, Replica
@@ -93,15 +94,7 @@ class RouterServer:
             limits=settings.limits,
             mirror_timeout=settings.mirror_timeout,
         )
-        self.health = HealthServicer()
-        max_bytes = settings.limits.max_message_bytes
-        self.server = grpc.aio.server(
-            interceptors=[ServerInterceptor(tracer, self.metrics.rpc)],
-            options=[
-                ("grpc.max_receive_message_length", max_bytes),
-                ("grpc.max_send_message_length", max_bytes),
-            ],
-        )
+        self.server = make_server(tracer, self.metrics.rpc, settings.limits.max_message_bytes)
         router = self.router
 
         async def forecast(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
@@ -126,15 +119,7 @@ class RouterServer:
         self.server.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler(SERVICE, handlers),)
         )
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection(
-            (
-                SERVICE,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ),
-            self.server,
-        )
+        self.health = add_health_and_reflection(self.server, SERVICE)
         self.port = 0
         self.metrics_endpoint: MetricsEndpoint | None = None
         self._stopped = False
@@ -165,8 +150,7 @@ class RouterServer:
             pool.start()
         self.mirror.start()
         await self.server.start()
-        for service in ("", SERVICE):
-            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        await set_serving(self.health, SERVICE, True)
         policy = self.router.policy
         log.info(
             "serving",
@@ -211,14 +195,4 @@ def _remaining(value: float | None) -> float | None:
 
 async def run(settings: RouterSettings) -> int:
     """Route until SIGTERM/SIGINT, then drain and return the exit code (0)."""
-    server = RouterServer(settings)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await server.start()
-        await stop.wait()
-    finally:
-        await server.stop()
-    return 0
+    return await run_until_signalled(RouterServer(settings))

@@ -19,11 +19,11 @@ import grpc
 import structlog
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from canarycast.v1 import forecast_pb2 as pb
+from canarycast.grpc_server import FORECASTER
 
 log = structlog.get_logger("canarycast.router.backends")
 
-SERVICE = pb.DESCRIPTOR.services_by_name["Forecaster"].full_name
+SERVICE = FORECASTER
 Metadata = Sequence[tuple[str, str]]
 
 

@@ -9,21 +9,20 @@ flight for up to `grace` seconds, and the batcher finishes what it queued.
 
 from __future__ import annotations
 
-import asyncio
-import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import grpc
 import structlog
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1._async import HealthServicer
-from grpc_reflection.v1alpha import reflection
 from opentelemetry import trace
 
-from canarycast.interceptors import ServerInterceptor
+from canarycast.grpc_server import (
+    FORECASTER,
+    add_health_and_reflection,
+    make_server,
+    run_until_signalled,
+    set_serving,
+)
 from canarycast.telemetry import MetricsEndpoint, serve_metrics
-from canarycast.v1 import forecast_pb2 as pb
 from canarycast.v1 import forecast_pb2_grpc as pb_grpc
 from canarycast.validation import Limits
 from server.batching import DynamicBatcher
@@ -35,7 +34,7 @@ from server.servicer import ForecasterServicer
 
 log = structlog.get_logger("canarycast.server")
 
-SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Forecaster"].full_name
+SERVICE_NAME = FORECASTER
 
 
 @dataclass(frozen=True)
@@ -92,30 +91,14 @@ class ModelServer:
             metrics=self.metrics,
             tracer=tracer,
         )
-        self.health = HealthServicer()
-        max_bytes = settings.limits.max_message_bytes
-        self.server = grpc.aio.server(
-            interceptors=[ServerInterceptor(tracer, self.metrics.rpc)],
-            options=[
-                ("grpc.max_receive_message_length", max_bytes),
-                ("grpc.max_send_message_length", max_bytes),
-                # Routers ping idle connections to notice a stalled server; allow it.
-                ("grpc.keepalive_permit_without_calls", 1),
-                ("grpc.http2.min_recv_ping_interval_without_data_ms", 500),
-                ("grpc.http2.max_ping_strikes", 0),
-            ],
+        self.server = make_server(
+            tracer,
+            self.metrics.rpc,
+            settings.limits.max_message_bytes,
             maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
         )
         pb_grpc.add_ForecasterServicer_to_server(ForecasterServicer(self.forecaster), self.server)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection(
-            (
-                SERVICE_NAME,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ),
-            self.server,
-        )
+        self.health = add_health_and_reflection(self.server, SERVICE_NAME)
         self.port = 0
         self.metrics_endpoint: MetricsEndpoint | None = None
         self._stopped = False
@@ -128,8 +111,7 @@ class ModelServer:
 
     async def open(self) -> int:
         """Listen, with health NOT_SERVING and Forecast UNAVAILABLE until `load`."""
-        for service in ("", SERVICE_NAME):
-            await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await set_serving(self.health, SERVICE_NAME, False)
         self.port = self.server.add_insecure_port(f"{self.settings.host}:{self.settings.port}")
         if self.port == 0:
             raise OSError(f"cannot listen on {self.settings.host}:{self.settings.port}")
@@ -146,8 +128,7 @@ class ModelServer:
         """Load and warm up the model, follow its alias, then turn SERVING."""
         await self.watcher.load_initial()
         self.watcher.start_watching()
-        for service in ("", SERVICE_NAME):
-            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        await set_serving(self.health, SERVICE_NAME, True)
         log.info(
             "serving",
             port=self.port,
@@ -187,14 +168,4 @@ class ModelServer:
 
 async def run(settings: ServerSettings) -> int:
     """Serve until SIGTERM/SIGINT, then drain and return the exit code (0)."""
-    server = ModelServer(settings)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await server.start()
-        await stop.wait()
-    finally:
-        await server.stop()
-    return 0
+    return await run_until_signalled(ModelServer(settings))
