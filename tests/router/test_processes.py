@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import grpc
 import numpy as np
@@ -57,6 +59,26 @@ def servers(registry_copy: TrainedRegistry) -> Iterator[tuple[Component, Compone
         component.stop(5)
 
 
+@contextlib.asynccontextmanager
+async def routed(
+    servers: tuple[Component, Component], **settings: Any
+) -> AsyncIterator[tuple[RouterServer, pb_grpc.ForecasterStub]]:
+    """An in-process router in front of the two server processes, and a stub on it."""
+    stable, canary = servers
+    router = RouterServer(
+        RouterSettings(stable=[stable.target], canary=[canary.target], **settings)
+    )
+    await router.start()
+    async with asyncio.timeout(20):
+        await router.wait_for_backends()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{router.port}")
+    try:
+        yield router, pb_grpc.ForecasterStub(channel)
+    finally:
+        await channel.close()
+        await router.stop(grace=1)
+
+
 async def run_load(
     stub: pb_grpc.ForecasterStub, calls: int, concurrency: int = 8
 ) -> tuple[list[float], list[BaseException]]:
@@ -81,25 +103,16 @@ async def run_load(
 async def test_a_stalled_then_killed_canary_never_fails_or_slows_a_call(
     servers: tuple[Component, Component], mode: Mode
 ) -> None:
-    stable, canary = servers
-    router = RouterServer(
-        RouterSettings(
-            stable=[stable.target],
-            canary=[canary.target],
-            mode=mode,
-            canary_weight=0.0 if mode is Mode.SPLIT else 0.5,
-            mirror_fraction=1.0,
-            mirror_queue_size=16,
-            mirror_workers=4,
-            mirror_timeout=3.0,
-        )
-    )
-    await router.start()
-    async with asyncio.timeout(20):
-        await router.wait_for_backends()
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{router.port}")
-    stub = pb_grpc.ForecasterStub(channel)
-    try:
+    canary = servers[1]
+    async with routed(
+        servers,
+        mode=mode,
+        canary_weight=0.0 if mode is Mode.SPLIT else 0.5,
+        mirror_fraction=1.0,
+        mirror_queue_size=16,
+        mirror_workers=4,
+        mirror_timeout=3.0,
+    ) as (router, stub):
         healthy, failures = await run_load(stub, 100)
         assert failures == []
         os.kill(canary.process.pid, signal.SIGSTOP)  # a hung canary: it accepts nothing
@@ -121,30 +134,15 @@ async def test_a_stalled_then_killed_canary_never_fails_or_slows_a_call(
             f"p50 latency healthy {np.median(healthy) * 1e3:.1f} ms, canary stalled "
             f"{np.median(stalled) * 1e3:.1f} ms, canary killed {np.median(killed) * 1e3:.1f} ms"
         )
-    finally:
-        await channel.close()
-        await router.stop(grace=1)
 
 
 async def test_split_mode_fails_over_when_the_canary_is_killed(
     servers: tuple[Component, Component],
 ) -> None:
-    stable, canary = servers
-    router = RouterServer(
-        RouterSettings(
-            stable=[stable.target],
-            canary=[canary.target],
-            canary_weight=0.5,
-            sticky_key=StickyKey.NONE,
-            mirror_fraction=0.0,
-        )
-    )
-    await router.start()
-    async with asyncio.timeout(20):
-        await router.wait_for_backends()
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{router.port}")
-    stub = pb_grpc.ForecasterStub(channel)
-    try:
+    canary = servers[1]
+    async with routed(
+        servers, canary_weight=0.5, sticky_key=StickyKey.NONE, mirror_fraction=0.0
+    ) as (router, stub):
         load = asyncio.ensure_future(run_load(stub, 600))
         await asyncio.sleep(0.3)
         canary.process.kill()
@@ -159,9 +157,6 @@ async def test_split_mode_fails_over_when_the_canary_is_killed(
             for variant in ("stable", "canary")
         }
         assert answered["canary"] > 0 and answered["stable"] > 0
-    finally:
-        await channel.close()
-        await router.stop(grace=1)
 
 
 def test_route_command_serves_the_forecaster_through_real_processes(
