@@ -26,6 +26,7 @@ SCALE = "canarycast.scale"
 TARGET_TIMESTAMPS = "canarycast.target_timestamps"  # int64 ns since the epoch
 TIMESTAMPS = "canarycast.timestamps"  # observed, int64 ns
 VALUES = "canarycast.values"  # observed
+CALL_ID = "canarycast.call_id"  # one per routed call, shared by its primary and mirrored forecasts
 SHADOW = "canarycast.shadow"  # True: a dual-run/shadow copy, never returned to the client
 ROUTING_REASON = "canarycast.routing_reason"
 BACKEND = "canarycast.backend"

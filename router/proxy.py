@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import random
+import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import replace
@@ -132,12 +133,13 @@ class Router:
                 ),
             }
         )
+        call_id = secrets.token_hex(8)
         context = contextvars.copy_context()
         asyncio.get_running_loop().call_soon(
-            self.record, request, answer, variant, False, context=context
+            self.record, request, answer, variant, call_id, False, context=context
         )
         if decision.mirror is not None and decision.mirror != variant:
-            self._mirror(decision.mirror, raw, request, trace_md, context)
+            self._mirror(decision.mirror, raw, request, trace_md, call_id, context)
         return response
 
     async def get_model(self, raw: bytes, metadata: Metadata, remaining: float | None) -> bytes:
@@ -225,6 +227,7 @@ class Router:
         raw: bytes,
         request: pb.ForecastRequest,
         trace_md: list[tuple[str, str]],
+        call_id: str,
         context: contextvars.Context,
     ) -> None:
         async def run() -> None:
@@ -243,7 +246,7 @@ class Router:
                 return
             self.metrics.mirrored.labels(variant, "OK").inc()
             answer = pb.ForecastResponse.FromString(response)
-            context.run(self.record, request, answer, variant, True)
+            context.run(self.record, request, answer, variant, call_id, True)
 
         self.mirror.offer(MirrorJob(variant, run))
         self.metrics.mirror_queue.set(self.mirror.depth)
@@ -253,6 +256,7 @@ class Router:
         request: pb.ForecastRequest,
         answer: pb.ForecastResponse,
         variant: str,
+        call_id: str,
         mirrored: bool,
     ) -> None:
         """One `forecast` span per series of an answer, for the canary analysis."""
@@ -269,5 +273,5 @@ class Router:
                 point=f.point,
                 timestamps=[t.seconds * NS_PER_S + t.nanos for t in f.timestamps],
                 scale=history_scale(history),
-                extra={spans.SHADOW: mirrored},
+                extra={spans.CALL_ID: call_id, spans.SHADOW: mirrored},
             )

@@ -194,6 +194,10 @@ async def test_dual_run_records_both_variants_and_returns_only_the_chosen(
         assert recorded["stable"].attributes[spans.SHADOW] is False
         assert recorded["canary"].attributes[spans.SHADOW] is True
         assert recorded["canary"].attributes[spans.MODEL_VERSION] == registry_copy.v2.version
+        assert (
+            recorded["stable"].attributes[spans.CALL_ID]
+            == recorded["canary"].attributes[spans.CALL_ID]
+        )
         for s in recorded.values():
             assert s.attributes[spans.SERIES_ID] == "paired"
             assert (
