@@ -24,6 +24,8 @@ def test_committed_stubs_match_a_fresh_generation(tmp_path: Path) -> None:
         "forecast_pb2.py",
         "forecast_pb2.pyi",
         "forecast_pb2_grpc.py",
+        "rollout_pb2.py",
+        "rollout_pb2_grpc.py",
     }
     for fresh in written:
         committed = ROOT / fresh.relative_to(tmp_path)
