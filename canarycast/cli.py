@@ -3,6 +3,7 @@
     canarycast train     train an LSTM on real data and register it
     canarycast serve     run a model server
     canarycast route     run a router in front of stable and canary servers
+    canarycast rollout   start, watch and steer canary rollouts
     canarycast models    list / show / alias registered versions
     canarycast forecast  one-off forecast call against a server or router
     canarycast demo      the whole story on one machine
@@ -147,6 +148,54 @@ def build_parser() -> argparse.ArgumentParser:
         "--keepalive", type=float, default=2.0, help="seconds to notice a stalled backend"
     )
     p.add_argument("--grace", type=float, default=10.0, help="drain time on SIGTERM, seconds")
+    ctl = p.add_argument_group(
+        "rollout controller (embedded; on when --registry and --model are given)"
+    )
+    ctl.add_argument("--registry", type=Path, help="registry whose aliases the controller moves")
+    ctl.add_argument("--model", help="model name whose stable/canary aliases are rolled out")
+    ctl.add_argument(
+        "--state",
+        type=Path,
+        help="rollout state file, SQLite (default: REGISTRY/MODEL/rollouts.db)",
+    )
+    ctl.add_argument("--policy", type=Path, help="rollout policy, JSON (default: built in)")
+    ctl.add_argument(
+        "--admin-token-file",
+        type=Path,
+        help="admin token of the control API (default: $CANARYCAST_ADMIN_TOKEN)",
+    )
+    ctl.add_argument("--otlp-port", type=int, help="also receive spans over OTLP/gRPC on this port")
+
+    p = sub.add_parser("rollout", help="start, watch and steer canary rollouts")
+    p.add_argument("--router", default="127.0.0.1:50050", help="router HOST:PORT")
+    p.add_argument(
+        "--token-file",
+        type=Path,
+        help="file holding the admin token (default: $CANARYCAST_ADMIN_TOKEN)",
+    )
+    p.add_argument("--timeout", type=float, default=30.0, help="deadline per call, seconds")
+    rsub = p.add_subparsers(dest="rollout_command", required=True, metavar="ACTION")
+    start = rsub.add_parser("start", help="roll out a candidate version")
+    start.add_argument("--candidate", required=True, help="NAME:VERSION")
+    status = rsub.add_parser("status", help="where the rollout stands")
+    status.add_argument("--json", action="store_true", help="one JSON object")
+    status.add_argument("--watch", action="store_true", help="update live until it ends")
+    status.add_argument(
+        "--wait",
+        action="store_true",
+        help="block until it ends: exit 0 promoted, 1 rolled back",
+    )
+    promote = rsub.add_parser("promote", help="next step now")
+    promote.add_argument("--full", action="store_true", help="straight to promoted")
+    rollback = rsub.add_parser("rollback", help="weight 0 now; ends rolled back")
+    rollback.add_argument("--reason", default="", help="recorded with the rollback")
+    rsub.add_parser("abort", help="the same as rollback, reason 'aborted'")
+    rsub.add_parser("pause", help="hold the weight; no automatic decision")
+    rsub.add_parser("resume", help="continue; the current step restarts")
+    weight = rsub.add_parser("set-weight", help="set the canary weight by hand (pauses)")
+    weight.add_argument("percent", type=float, help="canary share of calls, 0..100")
+    history = rsub.add_parser("history", help="past rollouts with outcome and reason")
+    history.add_argument("--limit", type=int, default=20)
 
     p = sub.add_parser("models", help="list, show or alias registered model versions")
     _registry_arg(p)
@@ -269,11 +318,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_route(args: argparse.Namespace) -> int:
     from canarycast.telemetry import configure_tracing
-    from router.app import RouterSettings, run
+    from router.app import ControllerSettings, RouterSettings, run
+    from router.control import load_admin_token
+    from router.controller import RolloutPolicy
     from router.routing import Mode, StickyKey
 
-    configure_tracing("canarycast-router")
+    provider = configure_tracing("canarycast-router")
     try:
+        controller = None
+        if (args.registry is None) != (args.model is None):
+            raise ValueError("--registry and --model go together (they turn the controller on)")
+        if args.registry is not None:
+            controller = ControllerSettings(
+                registry=args.registry,
+                model=args.model,
+                state=args.state or args.registry / args.model / "rollouts.db",
+                policy=RolloutPolicy.from_file(args.policy) if args.policy else RolloutPolicy(),
+                admin_token=load_admin_token(args.admin_token_file),
+                otlp_port=args.otlp_port,
+            )
         settings = RouterSettings(
             stable=args.stable,
             canary=args.canary,
@@ -288,11 +351,81 @@ def cmd_route(args: argparse.Namespace) -> int:
             mirror_timeout=args.mirror_timeout,
             keepalive=args.keepalive,
             grace=args.grace,
+            controller=controller,
         )
-        return asyncio.run(run(settings))
+        return asyncio.run(run(settings, provider))
     except (ValueError, OSError) as exc:
         print(f"canarycast route: {exc}", file=sys.stderr)
         return 1
+
+
+def cmd_rollout(args: argparse.Namespace) -> int:
+    import grpc
+
+    from canarycast.rollout_client import (
+        FINAL,
+        RolloutClient,
+        format_status,
+        phase_name,
+        status_dict,
+    )
+    from canarycast.v1 import rollout_pb2 as rpb
+    from router.control import load_admin_token
+
+    try:
+        token = load_admin_token(args.token_file)
+    except ValueError as exc:
+        print(f"canarycast rollout: {exc}", file=sys.stderr)
+        return 2
+    action = args.rollout_command
+    with RolloutClient(args.router, token, timeout=args.timeout) as client:
+        try:
+            if action == "history":
+                rows = [("ROLLOUT", "CANDIDATE", "STABLE BEFORE", "OUTCOME", "STARTED", "REASON")]
+                for r in client.history(args.limit):
+                    started = r.started_at.ToDatetime().strftime("%Y-%m-%d %H:%M:%S")
+                    rows.append(
+                        (
+                            r.rollout_id,
+                            r.candidate_version,
+                            r.stable_version,
+                            phase_name(r.phase),
+                            started,
+                            r.outcome_reason or "-",
+                        )
+                    )
+                print(format_table(rows))
+                return 0
+            if action == "status" and (args.watch or args.wait):
+                last = None
+                for status in client.watch():
+                    if args.json:
+                        print(json.dumps(status_dict(status)), flush=True)
+                    elif args.watch:
+                        print("\x1b[2J\x1b[H" + format_status(status), flush=True)
+                    last = status
+                    if status.phase in FINAL:
+                        break
+                if last is not None and args.wait and not (args.json or args.watch):
+                    print(format_status(last))
+                return 0 if last is not None and last.phase == rpb.PROMOTED else 1
+            status = {
+                "start": lambda: client.start(args.candidate),
+                "status": client.status,
+                "promote": lambda: client.promote(args.full),
+                "rollback": lambda: client.rollback(args.reason),
+                "abort": lambda: client.rollback("aborted"),
+                "pause": client.pause,
+                "resume": client.resume,
+                "set-weight": lambda: client.set_weight(args.percent / 100.0),
+            }[action]()
+        except grpc.RpcError as exc:
+            print(f"canarycast rollout: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            return 1
+    print(
+        json.dumps(status_dict(status)) if getattr(args, "json", False) else format_status(status)
+    )
+    return 0
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -419,6 +552,7 @@ COMMANDS = {
     "train": cmd_train,
     "serve": cmd_serve,
     "route": cmd_route,
+    "rollout": cmd_rollout,
     "models": cmd_models,
     "forecast": cmd_forecast,
     "demo": cmd_demo,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from collections.abc import Sequence
 from typing import Protocol
 
 import grpc
@@ -26,9 +27,11 @@ def make_server(
     max_message_bytes: int,
     *,
     maximum_concurrent_rpcs: int | None = None,
+    guards: Sequence[grpc.aio.ServerInterceptor] = (),
 ) -> grpc.aio.Server:
+    """`guards` (authentication) run before the shared tracing/metrics interceptor."""
     return grpc.aio.server(
-        interceptors=[ServerInterceptor(tracer, rpc_metrics)],
+        interceptors=[*guards, ServerInterceptor(tracer, rpc_metrics)],
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),

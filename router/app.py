@@ -4,12 +4,15 @@ answered by forwarding to stable and canary backends (see `router.proxy`)."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc
 import structlog
 from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
 
 from canarycast.grpc_server import (
     add_health_and_reflection,
@@ -18,14 +21,36 @@ from canarycast.grpc_server import (
     set_serving,
 )
 from canarycast.telemetry import MetricsEndpoint, serve_metrics
+from canarycast.v1 import forecast_pb2 as pb
+from canarycast.v1 import rollout_pb2_grpc as rpb_grpc
 from canarycast.validation import Limits
+from router.analysis import Analyzer
 from router.backends import SERVICE, BackendPool, Replica
+from router.control import AdminAuth, RolloutControlServicer
+from router.controller import Controller, RolloutPolicy
 from router.metrics import RouterMetrics
 from router.mirror import MirrorQueue
 from router.proxy import Router
 from router.routing import CANARY, STABLE, Mode, RoutingPolicy, StickyKey
+from router.spans_in import AnalyzerSpanProcessor, serve_otlp_receiver
+from router.store import RolloutStore
+from server.registry import Registry
 
 log = structlog.get_logger("canarycast.router")
+
+
+@dataclass(frozen=True)
+class ControllerSettings:
+    """The embedded rollout controller and analyzer (`canarycast route --registry --model`)."""
+
+    registry: Path
+    model: str
+    state: Path
+    policy: RolloutPolicy = field(default_factory=RolloutPolicy)
+    admin_token: str | None = None
+    otlp_port: int | None = None  # also receive spans over OTLP/gRPC
+    analysis_ttl: float = 3600.0
+    max_pending: int = 100_000
 
 
 @dataclass(frozen=True)
@@ -47,6 +72,7 @@ class RouterSettings:
     keepalive: float = 2.0
     grace: float = 10.0
     limits: Limits = field(default_factory=Limits)
+    controller: ControllerSettings | None = None
 
 
 class RouterServer:
@@ -94,7 +120,22 @@ class RouterServer:
             limits=settings.limits,
             mirror_timeout=settings.mirror_timeout,
         )
-        self.server = make_server(tracer, self.metrics.rpc, settings.limits.max_message_bytes)
+        self.analyzer: Analyzer | None = None
+        self.controller: Controller | None = None
+        self.otlp_server: grpc.aio.Server | None = None
+        self.otlp_port: int | None = None
+        guards: list[grpc.aio.ServerInterceptor] = []
+        if settings.controller is not None:
+            guards.append(AdminAuth(settings.controller.admin_token))
+            tracer = self._embed_controller(settings.controller, tracer_provider)
+            self.router.tracer = tracer
+        self.server = make_server(
+            tracer, self.metrics.rpc, settings.limits.max_message_bytes, guards=guards
+        )
+        if self.controller is not None:
+            rpb_grpc.add_RolloutControlServicer_to_server(
+                RolloutControlServicer(self.controller), self.server
+            )
         router = self.router
 
         async def forecast(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
@@ -124,6 +165,39 @@ class RouterServer:
         self.metrics_endpoint: MetricsEndpoint | None = None
         self._stopped = False
 
+    def _embed_controller(
+        self, cs: ControllerSettings, tracer_provider: trace.TracerProvider | None
+    ) -> trace.Tracer:
+        """Analyzer fed by this router's own spans, and the controller over it."""
+        provider = tracer_provider or trace.get_tracer_provider()
+        if not isinstance(provider, TracerProvider):  # no SDK installed globally: our own
+            provider = TracerProvider()
+        self.analyzer = Analyzer(
+            ttl=cs.analysis_ttl,
+            max_pending=cs.max_pending,
+            clock=time.time,
+            registry=self.metrics.registry,
+        )
+        self.span_processor = AnalyzerSpanProcessor(self.analyzer)
+        provider.add_span_processor(self.span_processor)
+        self.controller = Controller(
+            model=cs.model,
+            registry=Registry(cs.registry),
+            traffic=self.router,
+            analyzer=self.analyzer,
+            store=RolloutStore(cs.state),
+            policy=cs.policy,
+            stable_probe=self._stable_version,
+        )
+        return provider.get_tracer("canarycast.router")
+
+    async def _stable_version(self) -> str | None:
+        replica = self.router.pools[STABLE].pick()
+        if replica is None:
+            return None
+        raw = await replica.get_model(pb.GetModelRequest().SerializeToString(), 5.0, [])
+        return pb.ModelInfo.FromString(raw).model.version
+
     def _health(self, replica: Replica) -> None:
         self.metrics.backend_serving.labels(replica.variant, replica.address).set(
             1 if replica.serving else 0
@@ -150,6 +224,14 @@ class RouterServer:
             pool.start()
         self.mirror.start()
         await self.server.start()
+        if self.controller is not None and self.analyzer is not None:
+            await self.controller.resume_after_restart()
+            self.controller.start_loop()
+            assert self.settings.controller is not None
+            if self.settings.controller.otlp_port is not None:
+                self.otlp_server, self.otlp_port = await serve_otlp_receiver(
+                    self.analyzer, self.settings.host, self.settings.controller.otlp_port
+                )
         await set_serving(self.health, SERVICE, True)
         policy = self.router.policy
         log.info(
@@ -158,6 +240,8 @@ class RouterServer:
             metrics_port=self.metrics_endpoint.port if self.metrics_endpoint else None,
             stable=list(self.settings.stable),
             canary=list(self.settings.canary),
+            controller=self.controller is not None,
+            otlp_port=self.otlp_port,
             mode=str(policy.mode),
             canary_weight=policy.canary_weight,
         )
@@ -178,6 +262,11 @@ class RouterServer:
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.settings.grace if grace is None else grace)
         await self.mirror.drain(1.0)
+        if self.controller is not None:
+            await self.controller.stop()
+            self.controller.store.close()
+        if self.otlp_server is not None:
+            await self.otlp_server.stop(1)
         for pool in self.router.pools.values():
             await pool.close()
         if self.metrics_endpoint is not None:
@@ -193,6 +282,6 @@ def _remaining(value: float | None) -> float | None:
     return None if value is None or value > 1e9 else value
 
 
-async def run(settings: RouterSettings) -> int:
+async def run(settings: RouterSettings, tracer_provider: trace.TracerProvider | None = None) -> int:
     """Route until SIGTERM/SIGINT, then drain and return the exit code (0)."""
-    return await run_until_signalled(RouterServer(settings))
+    return await run_until_signalled(RouterServer(settings, tracer_provider=tracer_provider))

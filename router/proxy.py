@@ -197,6 +197,10 @@ class Router:
                 continue
             remaining = None if deadline is None else max(deadline - time.monotonic(), 0.001)
             metadata = [*trace_md, (VARIANT_HEADER, variant)]
+            # Before the call: a failure must count against the variant that failed.
+            trace.get_current_span().set_attributes(
+                {spans.VARIANT: variant, spans.BACKEND: replica.address}
+            )
             started = time.perf_counter()
             try:
                 if method == "Forecast":

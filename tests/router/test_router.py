@@ -368,3 +368,16 @@ async def test_shadow_mode_answers_from_stable_and_copies_to_canary(
         assert c.router.metrics.canary_weight._value.get() == 0.0
     finally:
         await c.close()
+
+
+async def test_a_failed_call_is_counted_against_the_variant_that_failed(cluster: Cluster) -> None:
+    bad = pb.ForecastRequest(horizon=99, series=[pb.SeriesInput(series_id="x", history=[1.0] * 48)])
+    with pytest.raises(grpc.aio.AioRpcError):
+        await cluster.stub.Forecast(bad, metadata=((VARIANT_HEADER, "canary"),))
+    [call] = [
+        s
+        for s in cluster.router_spans.get_finished_spans()
+        if s.name == "canarycast.v1.Forecaster/Forecast"
+    ]
+    assert call.attributes[spans.VARIANT] == "canary"
+    assert call.attributes["rpc.grpc.status_code"] == grpc.StatusCode.INVALID_ARGUMENT.value[0]

@@ -1,0 +1,498 @@
+"""Online error of each variant: forecasts joined with actuals, evidence for the judge.
+
+The analyzer receives three kinds of records (from spans, see `router.spans_in`):
+forecasts (what a variant predicted for which timestamps), observations (actual
+values) and routed calls (for the guardrails). It joins predictions with
+actuals by (series id, timestamp) whichever arrives first, turns each matched
+point into a scaled absolute error |actual - predicted| / scale (as in MASE),
+and scores a forecast once all its target timestamps have an actual. When the
+stable and the canary forecast of the same call and series are both scored,
+they form one *pair*: the judge compares variants on the same actuals.
+
+Memory is bounded: pending forecasts by `max_pending` (oldest evicted first),
+held actuals by `ttl` and `max_actuals`, scored samples by `max_scored` and
+`forget_before()`. Everything is behind one lock; each record costs a few dict
+operations and, when a forecast is scored, a few small numpy operations (about
+20-40 us per record). A pending 12-step forecast holds about 2 kB (its record
+included) when series are forecast repeatedly, up to 4 kB when every pending
+forecast is of a different series.
+
+Scale floor: a constant history has scale 0 (and a non-finite or negative one
+is meaningless); such a forecast is scaled by `max(0.01 * mean |point|,
+min_scale)` instead, i.e. errors relative to 1 % of the predicted level.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from router.judge import Evidence, VariantStats
+from router.routing import CANARY, STABLE
+
+VARIANTS: tuple[str, str] = (STABLE, CANARY)
+DEGENERATE_SCALE_FRACTION = 0.01  # of the mean absolute predicted level
+MIN_SCALE = 1e-6
+
+
+@dataclass(frozen=True)
+class ForecastRecord:
+    """One variant's forecast of one series, as its `forecast` span carries it."""
+
+    series_id: str
+    forecast_id: str
+    call_id: str | None
+    variant: str
+    model_version: str
+    timestamps: tuple[int, ...]  # ns; empty when the client gave no start time
+    point: tuple[float, ...]
+    scale: float
+    shadow: bool
+
+
+@dataclass(frozen=True)
+class CallRecord:
+    """One routed Forecast call, for the guardrails."""
+
+    variant: str
+    ok: bool
+    latency: float  # seconds
+
+
+@dataclass(frozen=True)
+class ObservationRecord:
+    """Actual values of one series."""
+
+    series_id: str
+    timestamps: tuple[int, ...]
+    values: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class AnalyzerStats:
+    """Counts since the analyzer started, and what it holds now."""
+
+    pending_forecasts: int
+    pending_actuals: int
+    scored: dict[str, int]  # per variant
+    partial: int  # scored at TTL on some of their points
+    pairs: int
+    evictions: dict[str, int]  # by reason: "ttl", "capacity"
+    unscorable: int
+    duplicates: int
+    last_span_at: float | None
+
+
+def effective_scale(scale: float, point: Sequence[float]) -> float:
+    """The scale errors are divided by, floored for constant histories (see module doc)."""
+    if math.isfinite(scale) and scale > 0.0:
+        return scale
+    level = float(np.mean(np.abs(point))) if len(point) else 0.0
+    return max(DEGENERATE_SCALE_FRACTION * level, MIN_SCALE)
+
+
+class _Columns:
+    """Append-only rows of float64, the first column a clock time; bounded by `cap` rows."""
+
+    def __init__(self, width: int, cap: int) -> None:
+        self._data = np.empty((min(256, max(cap, 1)), width), dtype=np.float64)
+        self._n = 0
+        self._cap = max(cap, 1)
+        self.dropped = 0
+
+    def __len__(self) -> int:
+        return self._n
+
+    def append(self, row: tuple[float, ...]) -> None:
+        if self._n == len(self._data):
+            if self._n >= self._cap:  # drop the oldest quarter, amortized O(1) per row
+                keep = self._cap - self._cap // 4 - 1
+                self.dropped += self._n - keep
+                self._data[:keep] = self._data[self._n - keep : self._n]
+                self._n = keep
+            else:
+                grown = np.empty((min(2 * len(self._data), self._cap), self._data.shape[1]))
+                grown[: self._n] = self._data[: self._n]
+                self._data = grown
+        self._data[self._n] = row
+        self._n += 1
+
+    def since(self, t: float) -> np.ndarray:
+        """A copy of the rows at clock time >= t."""
+        rows = self._data[: self._n]
+        return rows[rows[:, 0] >= t]
+
+    def forget_before(self, t: float) -> None:
+        kept = self.since(t)
+        self._data[: len(kept)] = kept
+        self._n = len(kept)
+
+    def column(self, i: int) -> np.ndarray:
+        return self._data[: self._n, i]
+
+
+class _Pending:
+    """A forecast waiting for actuals; `errors` is NaN where no actual has come yet."""
+
+    __slots__ = ("arrived", "errors", "record", "scale", "waiting")
+
+    def __init__(self, record: ForecastRecord, scale: float, arrived: float) -> None:
+        self.record = record
+        self.scale = scale
+        self.arrived = arrived
+        self.errors = np.full(len(record.point), np.nan)
+        self.waiting = 0
+
+
+@dataclass
+class _Half:
+    """A scored forecast waiting for the other variant's forecast of the same call."""
+
+    variant: str
+    timestamps: np.ndarray
+    errors: np.ndarray
+    at: float
+
+
+class _Metrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.pending = Gauge(
+            "canarycast_analysis_pending_forecasts",
+            "Forecasts waiting for actuals.",
+            registry=registry,
+        )
+        self.actuals = Gauge(
+            "canarycast_analysis_pending_actuals",
+            "Actual values held for joining (until their TTL).",
+            registry=registry,
+        )
+        self.scored = Counter(
+            "canarycast_analysis_scored_forecasts",
+            "Forecasts scored against actuals, by variant.",
+            ["variant"],
+            registry=registry,
+        )
+        self.pairs = Counter(
+            "canarycast_analysis_pairs",
+            "Stable and canary forecasts of the same call and series, both scored.",
+            registry=registry,
+        )
+        self.evictions = Counter(
+            "canarycast_analysis_evictions",
+            "Forecasts dropped without a score, by reason (ttl, capacity).",
+            ["reason"],
+            registry=registry,
+        )
+        self.unscorable = Counter(
+            "canarycast_analysis_unscorable_forecasts",
+            "Forecasts that cannot be scored (no target timestamps, bad values).",
+            registry=registry,
+        )
+        self.spans = Counter(
+            "canarycast_analysis_spans",
+            "Records received from spans, by kind (forecast, observe, call).",
+            ["kind"],
+            registry=registry,
+        )
+
+
+class Analyzer:
+    """Joins forecasts with actuals and keeps per-variant errors; thread-safe."""
+
+    def __init__(
+        self,
+        *,
+        ttl: float = 3600.0,
+        max_pending: int = 100_000,
+        max_actuals: int = 250_000,
+        max_scored: int = 1_000_000,
+        clock: Callable[[], float] = time.monotonic,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        self.ttl = ttl
+        self.max_pending = max_pending
+        self.max_actuals = max_actuals
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._metrics = _Metrics(registry if registry is not None else CollectorRegistry())
+        self.last_span_at: float | None = None
+        # forecast id -> pending forecast, in order of arrival
+        self._pending: OrderedDict[str, _Pending] = OrderedDict()
+        # (series, timestamp) -> pending forecasts waiting for it (each once)
+        self._waiting: dict[tuple[str, int], list[_Pending]] = {}
+        # (series, timestamp) -> (value, clock time received), oldest first
+        self._actuals: OrderedDict[tuple[str, int], tuple[float, float]] = OrderedDict()
+        # (call id, series) -> the first scored forecast of a call
+        self._halves: OrderedDict[tuple[str, str], _Half] = OrderedDict()
+        # forecast ids recently scored or evicted, to drop duplicate spans
+        self._done: OrderedDict[str, float] = OrderedDict()
+        # scored samples: (time, variant 0/1, series index, error)
+        self._scored = _Columns(4, max_scored)
+        self._pairs = _Columns(3, max_scored)  # (time, stable error, canary error)
+        self._calls = _Columns(4, max_scored)  # (time, variant 0/1, ok 0/1, latency)
+        self._series: dict[str, int] = {}
+        self._scored_counts = dict.fromkeys(VARIANTS, 0)
+        self._evictions = {"ttl": 0, "capacity": 0}
+        self._partial = 0
+        self._pair_count = 0
+        self._unscorable = 0
+        self._duplicates = 0
+
+    # -- input --
+
+    def add_forecast(self, record: ForecastRecord) -> None:
+        """A variant's forecast; scored at once if all its actuals are already here."""
+        with self._lock:
+            now = self._received("forecast")
+            self._expire(now)
+            if self._is_duplicate(record):
+                return
+            ts, point = record.timestamps, record.point
+            if (
+                record.variant not in VARIANTS
+                or not ts
+                or len(ts) != len(point)
+                or not all(math.isfinite(v) for v in point)
+            ):
+                self._unscorable += 1
+                self._metrics.unscorable.inc()
+                return
+            pending = _Pending(record, effective_scale(record.scale, point), now)
+            for i, t in enumerate(ts):
+                key = (record.series_id, t)
+                actual = self._actuals.get(key)
+                if actual is not None:
+                    pending.errors[i] = abs(actual[0] - point[i]) / pending.scale
+                else:
+                    pending.waiting += 1
+                    waiters = self._waiting.setdefault(key, [])
+                    if not waiters or waiters[-1] is not pending:  # a timestamp given twice
+                        waiters.append(pending)
+            if pending.waiting == 0:
+                self._score(pending, now)
+            else:
+                self._pending[record.forecast_id] = pending
+                while len(self._pending) > self.max_pending:
+                    _, oldest = self._pending.popitem(last=False)
+                    self._finish(oldest, now, "capacity")
+            self._update_gauges()
+
+    def add_observation(self, record: ObservationRecord) -> None:
+        """Actual values; they score waiting forecasts and are held for later ones."""
+        with self._lock:
+            now = self._received("observe")
+            self._expire(now)
+            self._add_actuals(record.series_id, record.timestamps, record.values, now)
+            self._update_gauges()
+
+    def add_history(
+        self, series_id: str, timestamps: Sequence[int], values: Sequence[float]
+    ) -> None:
+        """Known past values (a later call's history): implicit actuals, as observations."""
+        with self._lock:
+            now = self._clock()
+            self._expire(now)
+            self._add_actuals(series_id, timestamps, values, now)
+            self._update_gauges()
+
+    def add_call(self, record: CallRecord) -> None:
+        """A routed call of a variant, for its error rate and latency."""
+        with self._lock:
+            now = self._received("call")
+            if record.variant in VARIANTS:
+                variant = VARIANTS.index(record.variant)
+                self._calls.append((now, variant, float(record.ok), record.latency))
+
+    # -- output --
+
+    def evidence(self, since: float) -> Evidence:
+        """What the judge needs, from everything scored at clock time >= since."""
+        with self._lock:
+            self._expire(self._clock())
+            pairs = self._pairs.since(since)[:, 1:3].copy()
+            scored = self._scored.since(since)
+            calls = self._calls.since(since)
+        series = [_series_means(scored[scored[:, 1] == v]) for v in range(len(VARIANTS))]
+        stats = [_call_stats(calls[calls[:, 1] == v]) for v in range(len(VARIANTS))]
+        return Evidence(
+            pairs=pairs,
+            stable_series=series[0],
+            canary_series=series[1],
+            stable=stats[0],
+            canary=stats[1],
+        )
+
+    def stats(self) -> AnalyzerStats:
+        with self._lock:
+            self._expire(self._clock())
+            self._update_gauges()
+            return AnalyzerStats(
+                pending_forecasts=len(self._pending),
+                pending_actuals=len(self._actuals),
+                scored=dict(self._scored_counts),
+                partial=self._partial,
+                pairs=self._pair_count,
+                evictions=dict(self._evictions),
+                unscorable=self._unscorable,
+                duplicates=self._duplicates,
+                last_span_at=self.last_span_at,
+            )
+
+    def forget_before(self, t: float) -> None:
+        """Drop scored samples, pairs and calls from before clock time t."""
+        with self._lock:
+            self._scored.forget_before(t)
+            self._pairs.forget_before(t)
+            self._calls.forget_before(t)
+            # re-number the series still referenced, so the table does not grow forever
+            idx = self._scored.column(2).astype(np.int64)
+            used, inverse = np.unique(idx, return_inverse=True)
+            names = {i: name for name, i in self._series.items()}
+            self._series = {names[int(old)]: new for new, old in enumerate(used)}
+            self._scored.column(2)[:] = inverse
+
+    # -- internals (lock held) --
+
+    def _received(self, kind: str) -> float:
+        now = self._clock()
+        self.last_span_at = now
+        self._metrics.spans.labels(kind).inc()
+        return now
+
+    def _is_duplicate(self, record: ForecastRecord) -> bool:
+        """The same forecast seen twice (e.g. from a server and a router): keep one."""
+        pending = self._pending.get(record.forecast_id)
+        if pending is not None:
+            if pending.record.call_id is None and record.call_id is not None:
+                pending.record = record  # the router's copy knows the call: keep that one
+            self._duplicates += 1
+            return True
+        if record.forecast_id in self._done:
+            self._duplicates += 1
+            return True
+        return False
+
+    def _add_actuals(
+        self, series_id: str, timestamps: Sequence[int], values: Sequence[float], now: float
+    ) -> None:
+        for t, v in zip(timestamps, values, strict=False):
+            value = float(v)
+            if not math.isfinite(value):
+                continue
+            key = (series_id, int(t))
+            self._actuals[key] = (value, now)
+            self._actuals.move_to_end(key)
+            for pending in self._waiting.pop(key, ()):
+                point = pending.record.point
+                for i, target in enumerate(pending.record.timestamps):
+                    if target == key[1]:
+                        pending.errors[i] = abs(value - point[i]) / pending.scale
+                        pending.waiting -= 1
+                if pending.waiting == 0:
+                    del self._pending[pending.record.forecast_id]
+                    self._score(pending, now)
+        while len(self._actuals) > self.max_actuals:
+            self._actuals.popitem(last=False)
+
+    def _expire(self, now: float) -> None:
+        horizon = now - self.ttl
+        while self._pending:
+            pending = next(iter(self._pending.values()))
+            if pending.arrived > horizon:
+                break
+            self._pending.popitem(last=False)
+            self._finish(pending, now, "ttl")
+        while self._actuals and next(iter(self._actuals.values()))[1] <= horizon:
+            self._actuals.popitem(last=False)
+        while self._halves and next(iter(self._halves.values())).at <= horizon:
+            self._halves.popitem(last=False)
+        while self._done and next(iter(self._done.values())) <= horizon:
+            self._done.popitem(last=False)
+
+    def _finish(self, pending: _Pending, now: float, reason: str) -> None:
+        """A forecast leaving before all its actuals came: partial score, else eviction."""
+        record = pending.record
+        for i, t in enumerate(record.timestamps):
+            if math.isnan(pending.errors[i]):
+                key = (record.series_id, t)
+                waiters = [w for w in self._waiting.get(key, ()) if w is not pending]
+                if waiters:
+                    self._waiting[key] = waiters
+                else:
+                    self._waiting.pop(key, None)
+        if np.isnan(pending.errors).all():
+            self._evictions[reason] += 1
+            self._metrics.evictions.labels(reason).inc()
+            self._mark_done(record.forecast_id, now)
+        else:
+            self._partial += 1
+            self._score(pending, now)
+
+    def _score(self, pending: _Pending, now: float) -> None:
+        record = pending.record
+        matched = ~np.isnan(pending.errors)
+        errors = pending.errors[matched]
+        variant = VARIANTS.index(record.variant)
+        series = self._series.setdefault(record.series_id, len(self._series))
+        self._scored.append((now, variant, series, float(errors.mean())))
+        self._scored_counts[record.variant] += 1
+        self._metrics.scored.labels(record.variant).inc()
+        self._mark_done(record.forecast_id, now)
+        if record.call_id is None:
+            return
+        key = (record.call_id, record.series_id)
+        timestamps = np.asarray(record.timestamps, dtype=np.int64)[matched]
+        other = self._halves.get(key)
+        if other is None or other.variant == record.variant:
+            self._halves[key] = _Half(record.variant, timestamps, errors, now)
+            while len(self._halves) > self.max_pending:
+                self._halves.popitem(last=False)
+            return
+        del self._halves[key]
+        # compare the two variants on the timestamps both were scored on
+        _, mine, theirs = np.intersect1d(timestamps, other.timestamps, return_indices=True)
+        if not len(mine):
+            return
+        own, partner = float(errors[mine].mean()), float(other.errors[theirs].mean())
+        stable, canary = (own, partner) if record.variant == STABLE else (partner, own)
+        self._pairs.append((now, stable, canary))
+        self._pair_count += 1
+        self._metrics.pairs.inc()
+
+    def _mark_done(self, forecast_id: str, now: float) -> None:
+        self._done[forecast_id] = now
+        while len(self._done) > self.max_pending:
+            self._done.popitem(last=False)
+
+    def _update_gauges(self) -> None:
+        self._metrics.pending.set(len(self._pending))
+        self._metrics.actuals.set(len(self._actuals))
+
+
+def _series_means(rows: np.ndarray) -> np.ndarray:
+    """Mean error per series of (time, variant, series index, error) rows."""
+    if not len(rows):
+        return np.empty(0)
+    idx = rows[:, 2].astype(np.int64)
+    counts = np.bincount(idx)
+    sums = np.bincount(idx, weights=rows[:, 3])
+    seen = counts > 0
+    return np.asarray(sums[seen] / counts[seen], dtype=np.float64)
+
+
+def _call_stats(rows: np.ndarray) -> VariantStats:
+    """Calls, errors and p99 latency of (time, variant, ok, latency) rows."""
+    if not len(rows):
+        return VariantStats(calls=0, errors=0, p99_latency=None)
+    return VariantStats(
+        calls=len(rows),
+        errors=int(np.sum(rows[:, 2] == 0.0)),
+        p99_latency=float(np.quantile(rows[:, 3], 0.99)),
+    )

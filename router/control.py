@@ -1,0 +1,240 @@
+"""`RolloutControl` gRPC service over the controller, behind an admin-token check.
+
+`AdminAuth` guards only the RolloutControl methods: a request without
+`authorization: Bearer <token>`, or with another token (compared in constant
+time), is refused with UNAUTHENTICATED; the Forecast path is untouched. With
+no token configured, the control API refuses every call rather than run open.
+The token is never logged.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hmac
+import json
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from canarycast.headers import metadata_value
+from canarycast.v1 import rollout_pb2 as rpb
+from canarycast.v1 import rollout_pb2_grpc as rpb_grpc
+from router.controller import Controller, Phase, Status
+from router.store import DecisionRow, RolloutRecord
+
+#: The admin token of the control API (a token file given by flag wins).
+CANARYCAST_ADMIN_TOKEN = "CANARYCAST_ADMIN_TOKEN"
+CONTROL_SERVICE = rpb.DESCRIPTOR.services_by_name["RolloutControl"].full_name
+
+PHASES = {
+    Phase.IDLE: rpb.IDLE,
+    Phase.PROGRESSING: rpb.PROGRESSING,
+    Phase.PAUSED: rpb.PAUSED,
+    Phase.PROMOTED: rpb.PROMOTED,
+    Phase.ROLLED_BACK: rpb.ROLLED_BACK,
+}
+
+
+def load_admin_token(token_file: str | Path | None) -> str | None:
+    if token_file is not None:
+        try:
+            token = Path(token_file).read_text().strip()
+        except OSError as exc:
+            raise ValueError(f"admin token file {token_file}: {exc.strerror}") from exc
+        if not token:
+            raise ValueError(f"admin token file {token_file} is empty")
+        return token
+    return os.environ.get(CANARYCAST_ADMIN_TOKEN) or None
+
+
+class AdminAuth(grpc.aio.ServerInterceptor):
+    def __init__(self, token: str | None) -> None:
+        self._token = token.encode() if token else None
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if not details.method.startswith(f"/{CONTROL_SERVICE}/") or handler is None:
+            return handler
+        problem = self._check(metadata_value(details.invocation_metadata, "authorization"))
+        if problem is None:
+            return handler
+
+        async def refuse(request: Any, context: grpc.aio.ServicerContext) -> None:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, problem)
+
+        if handler.unary_stream is not None:
+
+            async def refuse_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED, problem)
+                yield  # pragma: no cover  (makes this an async generator)
+
+            return grpc.unary_stream_rpc_method_handler(
+                refuse_stream,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return grpc.unary_unary_rpc_method_handler(
+            refuse,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    def _check(self, header: str | None) -> str | None:
+        if self._token is None:
+            return "the control API is disabled: no admin token is configured on the router"
+        if header is None:
+            return "missing authorization metadata (expected 'Bearer <admin token>')"
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            token.strip().encode(), self._token
+        ):
+            return "invalid admin token"
+        return None
+
+
+def _timestamp(seconds: float | None) -> Timestamp | None:
+    if seconds is None:
+        return None
+    ts = Timestamp()
+    ts.FromDatetime(dt.datetime.fromtimestamp(seconds, dt.UTC))
+    return ts
+
+
+def _decision(row: DecisionRow | None) -> rpb.DecisionRecord | None:
+    if row is None:
+        return None
+    return rpb.DecisionRecord(
+        at=_timestamp(row.at),
+        action=row.action,
+        reason=row.reason,
+        actor=row.actor,
+        weight=row.weight,
+    )
+
+
+def record_to_proto(record: RolloutRecord | None, steps: tuple[float, ...]) -> rpb.RolloutStatus:
+    if record is None:
+        return rpb.RolloutStatus(phase=rpb.IDLE, steps=list(steps))
+    status = rpb.RolloutStatus(
+        rollout_id=record.rollout_id,
+        phase=PHASES[Phase(record.phase)],
+        model=record.model,
+        stable_version=record.stable_version,
+        candidate_version=record.candidate_version,
+        step=record.step + 1,
+        steps=list(steps),
+        canary_weight=record.weight,
+        outcome_reason=record.outcome_reason,
+        started_at=_timestamp(record.started_at),
+    )
+    if record.ended_at is not None:
+        status.ended_at.CopyFrom(_timestamp(record.ended_at))
+    stored = json.loads(record.judgement or "{}")
+    if stored:
+        status.judgement.CopyFrom(_judgement(stored))
+    return status
+
+
+def _judgement(j: dict[str, Any]) -> rpb.Judgement:
+    out = rpb.Judgement(
+        verdict=str(j.get("verdict", "")),
+        reason=str(j.get("reason", "")),
+        method=str(j.get("method", "")),
+        weaker=bool(j.get("weaker", False)),
+        samples=int(j.get("samples") or 0),
+        guardrail=str(j.get("guardrail") or ""),
+    )
+    if j.get("ratio") is not None:
+        out.has_ratio = True
+        out.ratio = float(j["ratio"])
+        out.lower = float(j["lower"]) if j.get("lower") is not None else 0.0
+        out.upper = float(j["upper"]) if j.get("upper") is not None else float("inf")
+    return out
+
+
+def status_to_proto(status: Status) -> rpb.RolloutStatus:
+    out = record_to_proto(status.record, status.steps)
+    out.seconds_in_step = status.seconds_in_step
+    if status.judgement is not None:
+        out.judgement.CopyFrom(_judgement(asdict(status.judgement)))
+    decision = _decision(status.last_decision)
+    if decision is not None:
+        out.last_decision.CopyFrom(decision)
+    if status.evidence is not None:
+        e = status.evidence
+        out.stable.CopyFrom(_samples(e.stable, len(e.pairs) or len(e.stable_series)))
+        out.canary.CopyFrom(_samples(e.canary, len(e.pairs) or len(e.canary_series)))
+    return out
+
+
+def _samples(stats: Any, scored: int) -> rpb.VariantSamples:
+    return rpb.VariantSamples(
+        calls=stats.calls,
+        errors=stats.errors,
+        p99_latency_seconds=stats.p99_latency or 0.0,
+        scored_forecasts=scored,
+    )
+
+
+class RolloutControlServicer(rpb_grpc.RolloutControlServicer):
+    def __init__(self, controller: Controller) -> None:
+        self.controller = controller
+
+    def _status(self) -> rpb.RolloutStatus:
+        return status_to_proto(self.controller.status())
+
+    async def StartRollout(
+        self, request: rpb.StartRolloutRequest, context: Any
+    ) -> rpb.RolloutStatus:
+        await self.controller.start(request.candidate, request.actor)
+        return self._status()
+
+    async def GetStatus(self, request: rpb.GetStatusRequest, context: Any) -> rpb.RolloutStatus:
+        return self._status()
+
+    async def WatchStatus(
+        self, request: rpb.GetStatusRequest, context: Any
+    ) -> AsyncIterator[rpb.RolloutStatus]:
+        while True:
+            yield self._status()
+            await self.controller.wait_for_change()
+
+    async def Promote(self, request: rpb.PromoteRequest, context: Any) -> rpb.RolloutStatus:
+        await self.controller.promote(request.full, request.actor)
+        return self._status()
+
+    async def Rollback(self, request: rpb.RollbackRequest, context: Any) -> rpb.RolloutStatus:
+        await self.controller.rollback(request.reason, request.actor)
+        return self._status()
+
+    async def Pause(self, request: rpb.PauseRequest, context: Any) -> rpb.RolloutStatus:
+        await self.controller.pause(request.actor)
+        return self._status()
+
+    async def Resume(self, request: rpb.ResumeRequest, context: Any) -> rpb.RolloutStatus:
+        await self.controller.resume(request.actor)
+        return self._status()
+
+    async def SetWeight(self, request: rpb.SetWeightRequest, context: Any) -> rpb.RolloutStatus:
+        await self.controller.set_weight(request.weight, request.actor)
+        return self._status()
+
+    async def ListHistory(
+        self, request: rpb.ListHistoryRequest, context: Any
+    ) -> rpb.ListHistoryResponse:
+        limit = request.limit or 20
+        return rpb.ListHistoryResponse(
+            rollouts=[
+                record_to_proto(r, self.controller.policy.steps)
+                for r in self.controller.history(limit)
+            ]
+        )

@@ -1,0 +1,452 @@
+"""The rollout controller: the state machine that moves a candidate from canary to
+stable, step by step, on the judge's verdicts — or rolls it back.
+
+Only the controller changes a rollout's phase. Each tick it asks the analyzer
+for the evidence gathered since the step began, asks the (pure) judge for a
+verdict, and acts: next step, promotion, rollback, or hold. Manual commands
+take effect at once and are recorded with their actor. Every transition is
+persisted (`router.store`) before the next tick, so a restarted controller
+resumes the same rollout at the same step and weight; the analysis samples
+of the interrupted step are not kept, so the step restarts its clock and
+nothing unearned is promoted.
+
+Rollback order (as Flagger's): traffic to stable first, then the record, then
+metrics and events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import secrets
+import time
+import urllib.request
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Protocol
+
+import structlog
+
+from canarycast.errors import FailedPrecondition, InvalidArgument, NotFound
+from router.judge import Evidence, Judgement, JudgePolicy, Verdict, judge
+from router.store import DecisionRow, RolloutRecord, RolloutStore
+from server.registry import ModelRef, Registry, RegistryError
+
+log = structlog.get_logger("canarycast.controller")
+
+
+class Phase(StrEnum):
+    IDLE = "idle"  #: no rollout has run yet
+    PROGRESSING = "progressing"  #: stepping through the weights, judged automatically
+    PAUSED = "paused"  #: weight held; no automatic decision until resumed
+    PROMOTED = "promoted"  #: the candidate is the stable version now
+    ROLLED_BACK = "rolled_back"  #: the candidate takes no traffic; the reason says why
+
+
+ACTIVE = (Phase.PROGRESSING, Phase.PAUSED)
+
+
+@dataclass(frozen=True)
+class RolloutPolicy:
+    """How a rollout proceeds; `RolloutPolicy.from_file` reads the same fields from JSON."""
+
+    steps: tuple[float, ...] = (0.05, 0.10, 0.25, 0.50, 1.0)
+    min_step_seconds: float = 30.0  #: no promotion of a step before this
+    max_step_seconds: float = 600.0  #: the step's budget for a conclusive verdict
+    on_budget: str = "pause"  #: when the budget ends inconclusive: "pause" or "rollback"
+    confirm_final_step: bool = False  #: a manual `promote` is needed before the last step
+    webhook_url: str | None = None  #: POSTed every decision with its evidence
+    stall_hold_seconds: float = 30.0  #: no spans for this long: hold the step
+    stall_rollback_seconds: float = 300.0  #: no spans for this long: roll back
+    promote_timeout: float = 30.0  #: wait this long for stable servers to serve the candidate
+    tick_seconds: float = 1.0
+    judge: JudgePolicy = field(default_factory=JudgePolicy)
+
+    def __post_init__(self) -> None:
+        steps = tuple(float(s) for s in self.steps)
+        object.__setattr__(self, "steps", steps)
+        if not steps or any(not 0 < s <= 1 for s in steps) or list(steps) != sorted(set(steps)):
+            raise ValueError(f"steps must be increasing weights in (0, 1], got {list(steps)}")
+        if self.on_budget not in ("pause", "rollback"):
+            raise ValueError(f"on_budget must be 'pause' or 'rollback', got {self.on_budget!r}")
+        for name in ("min_step_seconds", "max_step_seconds", "tick_seconds", "promote_timeout"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0")
+        if self.max_step_seconds < self.min_step_seconds:
+            raise ValueError("max_step_seconds must be >= min_step_seconds")
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> RolloutPolicy:
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"rollout policy {path}: {exc}") from exc
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"rollout policy {path}: unknown fields {sorted(unknown)}")
+        if "judge" in data:
+            data["judge"] = JudgePolicy(**data["judge"])
+        return cls(**data)
+
+
+class Traffic(Protocol):
+    """What the controller needs of the router: the canary weight."""
+
+    def set_weight(self, weight: float) -> None: ...
+
+
+class EvidenceSource(Protocol):
+    """What the controller needs of the analyzer."""
+
+    last_span_at: float | None
+
+    def evidence(self, since: float) -> Evidence: ...
+
+
+#: Asks the stable servers which version they serve (None: unknown).
+StableProbe = Callable[[], Awaitable[str | None]]
+
+
+@dataclass(frozen=True)
+class Status:
+    record: RolloutRecord | None
+    judgement: Judgement | None
+    evidence: Evidence | None
+    seconds_in_step: float
+    last_decision: DecisionRow | None
+    steps: tuple[float, ...]
+
+
+class Controller:
+    def __init__(
+        self,
+        *,
+        model: str,
+        registry: Registry,
+        traffic: Traffic,
+        analyzer: EvidenceSource,
+        store: RolloutStore,
+        policy: RolloutPolicy | None = None,
+        clock: Callable[[], float] = time.time,
+        stable_probe: StableProbe | None = None,
+    ) -> None:
+        self.model = model
+        self.registry = registry
+        self.traffic = traffic
+        self.analyzer = analyzer
+        self.store = store
+        self.policy = policy or RolloutPolicy()
+        self.clock = clock
+        self.stable_probe = stable_probe
+        self.record: RolloutRecord | None = store.latest()
+        self.judgement: Judgement | None = None
+        self.evidence: Evidence | None = None
+        self.last_decision: DecisionRow | None = None
+        self._changed = asyncio.Condition()
+        self._task: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+        self.on_decision: Callable[[DecisionRow, RolloutRecord], None] | None = None
+
+    # -- lifecycle --
+
+    async def resume_after_restart(self) -> None:
+        """Re-apply a persisted active rollout's weight; its step restarts its clock."""
+        record = self.record
+        if record is None:
+            return
+        if record.phase in ACTIVE:
+            self.traffic.set_weight(record.weight)
+            record.step_started_at = self.clock()
+            await self._commit(
+                "resume", "controller restarted: weight re-applied, step restarted", "controller"
+            )
+        else:
+            self.traffic.set_weight(0.0)
+
+    def start_loop(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._loop(), name="controller")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.policy.tick_seconds)
+            try:
+                await self.tick()
+            except Exception:  # the controller must outlive any surprise; it logs and holds
+                log.exception("controller_tick_failed")
+
+    # -- commands --
+
+    async def start(self, candidate: str, actor: str = "") -> RolloutRecord:
+        async with self._lock:
+            if self.record is not None and self.record.phase in ACTIVE:
+                raise FailedPrecondition(
+                    f"rollout {self.record.rollout_id} of {self.record.candidate_version} is "
+                    f"{self.record.phase}; roll it back or promote it first"
+                )
+            try:
+                ref = ModelRef.parse(candidate)
+                if ref.version is None:
+                    raise InvalidArgument("candidate", "must be NAME:VERSION, not an alias")
+                version = self.registry.resolve(ref)
+                stable = self.registry.get_alias(self.model, "stable")
+            except RegistryError as exc:
+                raise NotFound(str(exc)) from exc
+            if ref.name != self.model:
+                raise InvalidArgument(
+                    "candidate", f"this controller rolls out {self.model!r}, not {ref.name!r}"
+                )
+            if stable is None:
+                raise FailedPrecondition(f"{self.model} has no stable alias to compare against")
+            if version.version == stable:
+                raise FailedPrecondition(f"{version.version} is already the stable version")
+            self.registry.set_alias(self.model, "canary", version.version)
+            now = self.clock()
+            first = self.policy.steps[0]
+            self.record = RolloutRecord(
+                rollout_id=secrets.token_hex(6),
+                model=self.model,
+                stable_version=stable,
+                candidate_version=version.version,
+                phase=Phase.PROGRESSING,
+                step=0,
+                weight=first,
+                step_started_at=now,
+                started_at=now,
+            )
+            self.judgement = None
+            self.traffic.set_weight(first)
+            await self._commit("start", f"rollout of {version.version} started", actor or "cli")
+            return self.record
+
+    async def promote(self, full: bool = False, actor: str = "") -> RolloutRecord:
+        async with self._lock:
+            record = self._active()
+            if full or record.step >= len(self.policy.steps) - 1:
+                await self._promote_full(f"promoted by hand ({actor or 'cli'})", actor or "cli")
+            else:
+                record.awaiting_confirmation = False
+                record.phase = Phase.PROGRESSING
+                await self._next_step(f"next step by hand ({actor or 'cli'})", actor or "cli")
+            return record
+
+    async def rollback(self, reason: str = "", actor: str = "") -> RolloutRecord:
+        async with self._lock:
+            self._active()
+            await self._rollback(reason or "rolled back by hand", actor or "cli")
+            assert self.record is not None
+            return self.record
+
+    async def pause(self, actor: str = "") -> RolloutRecord:
+        async with self._lock:
+            record = self._active()
+            record.phase = Phase.PAUSED
+            await self._commit("pause", "paused by hand", actor or "cli")
+            return record
+
+    async def resume(self, actor: str = "") -> RolloutRecord:
+        async with self._lock:
+            record = self._active()
+            record.phase = Phase.PROGRESSING
+            record.awaiting_confirmation = False
+            record.step_started_at = self.clock()
+            await self._commit("resume", "resumed by hand; the step restarts", actor or "cli")
+            return record
+
+    async def set_weight(self, weight: float, actor: str = "") -> RolloutRecord:
+        if not 0 <= weight <= 1:
+            raise InvalidArgument("weight", f"must be in [0, 1], got {weight}")
+        async with self._lock:
+            record = self._active()
+            record.weight = weight
+            record.phase = Phase.PAUSED
+            self.traffic.set_weight(weight)
+            await self._commit(
+                "set-weight", f"weight set to {weight:g} by hand; paused", actor or "cli"
+            )
+            return record
+
+    # -- the automatic part --
+
+    async def tick(self) -> None:
+        async with self._lock:
+            record = self.record
+            if record is None or record.phase != Phase.PROGRESSING:
+                return
+            now = self.clock()
+            in_step = now - record.step_started_at
+            self.evidence = evidence = self.analyzer.evidence(since=record.step_started_at)
+            self.judgement = verdict = judge(self.policy.judge, evidence)
+            record.judgement = json.dumps(asdict(verdict), default=str)
+            last = self.analyzer.last_span_at
+            silent = now - (last if last is not None else record.step_started_at)
+            if silent >= self.policy.stall_rollback_seconds:
+                await self._rollback(
+                    f"the analyzer received no spans for {silent:.0f} s", "controller"
+                )
+            elif verdict.verdict is Verdict.ROLLBACK:
+                await self._rollback(verdict.reason, "controller")
+            elif silent >= self.policy.stall_hold_seconds:
+                await self._hold(f"holding: the analyzer received no spans for {silent:.0f} s")
+            elif verdict.verdict is Verdict.PROMOTE and in_step >= self.policy.min_step_seconds:
+                await self._next_step(verdict.reason, "controller")
+            elif verdict.verdict is Verdict.PROMOTE:
+                await self._hold(
+                    f"holding: {verdict.reason}, but only {in_step:.0f} s of the "
+                    f"{self.policy.min_step_seconds:.0f} s minimum in this step"
+                )
+            elif in_step >= self.policy.max_step_seconds:
+                reason = (
+                    f"step budget of {self.policy.max_step_seconds:.0f} s ran out: {verdict.reason}"
+                )
+                if self.policy.on_budget == "rollback":
+                    await self._rollback(reason, "controller")
+                else:
+                    record.phase = Phase.PAUSED
+                    await self._commit("pause", reason, "controller")
+            else:
+                await self._hold(f"holding: {verdict.reason}")
+
+    async def _hold(self, reason: str) -> None:
+        # Holds are frequent: notify watchers, record only when the reason changes.
+        last = self.last_decision
+        if last is None or last.action != "hold" or last.reason != reason:
+            await self._commit("hold", reason, "controller")
+        else:
+            await self._notify()
+
+    async def _next_step(self, reason: str, actor: str) -> None:
+        record = self.record
+        assert record is not None
+        if record.step >= len(self.policy.steps) - 1:
+            await self._promote_full(reason, actor)
+            return
+        final = record.step + 1 == len(self.policy.steps) - 1
+        if final and self.policy.confirm_final_step and actor == "controller":
+            record.awaiting_confirmation = True
+            record.phase = Phase.PAUSED
+            await self._commit(
+                "pause", f"{reason}; waiting for a manual promote before the final step", actor
+            )
+            return
+        record.step += 1
+        record.weight = self.policy.steps[record.step]
+        record.step_started_at = self.clock()
+        self.traffic.set_weight(record.weight)
+        await self._commit(
+            "step", f"step {record.step + 1}: weight {record.weight:g} ({reason})", actor
+        )
+
+    async def _promote_full(self, reason: str, actor: str) -> None:
+        record = self.record
+        assert record is not None
+        self.registry.set_alias(record.model, "stable", record.candidate_version)
+        await self._wait_for_stable(record.candidate_version)
+        self.traffic.set_weight(0.0)
+        record.weight = 0.0
+        record.phase = Phase.PROMOTED
+        record.ended_at = self.clock()
+        record.outcome_reason = reason
+        await self._commit("promote", reason, actor)
+
+    async def _wait_for_stable(self, version: str) -> None:
+        if self.stable_probe is None:
+            return
+        deadline = time.monotonic() + self.policy.promote_timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(Exception):
+                if await self.stable_probe() == version:
+                    return
+            await asyncio.sleep(0.2)
+        log.warning("stable_not_reloaded", version=version, waited=self.policy.promote_timeout)
+
+    async def _rollback(self, reason: str, actor: str) -> None:
+        record = self.record
+        assert record is not None
+        self.traffic.set_weight(0.0)  # users first
+        record.weight = 0.0
+        record.phase = Phase.ROLLED_BACK
+        record.ended_at = self.clock()
+        record.outcome_reason = reason
+        record.awaiting_confirmation = False
+        await self._commit("rollback", reason, actor)
+
+    def _active(self) -> RolloutRecord:
+        if self.record is None or self.record.phase not in ACTIVE:
+            raise FailedPrecondition("no rollout is in progress")
+        return self.record
+
+    async def _commit(self, action: str, reason: str, actor: str) -> None:
+        record = self.record
+        assert record is not None
+        evidence: dict[str, Any] = {}
+        if self.judgement is not None:
+            evidence = asdict(self.judgement)
+        decision = DecisionRow(
+            record.rollout_id, self.clock(), action, reason, actor, record.weight, evidence
+        )
+        await asyncio.to_thread(self.store.save, record, decision)
+        self.last_decision = decision
+        log.info(
+            "rollout_decision",
+            rollout_id=record.rollout_id,
+            action=action,
+            reason=reason,
+            actor=actor,
+            phase=str(record.phase),
+            step=record.step + 1,
+            weight=record.weight,
+            evidence=evidence,
+        )
+        if self.on_decision is not None:
+            self.on_decision(decision, record)
+        if self.policy.webhook_url and action != "hold":
+            asyncio.get_running_loop().run_in_executor(
+                None, _post_webhook, self.policy.webhook_url, decision, replace(record)
+            )
+        await self._notify()
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def wait_for_change(self) -> None:
+        async with self._changed:
+            await self._changed.wait()
+
+    # -- reading --
+
+    def status(self) -> Status:
+        record = self.record
+        in_step = 0.0
+        if record is not None and record.phase in ACTIVE:
+            in_step = max(0.0, self.clock() - record.step_started_at)
+        return Status(
+            record, self.judgement, self.evidence, in_step, self.last_decision, self.policy.steps
+        )
+
+    def history(self, limit: int = 20) -> Sequence[RolloutRecord]:
+        return self.store.rollouts(limit)
+
+
+def _post_webhook(url: str, decision: DecisionRow, record: RolloutRecord) -> None:
+    body = json.dumps({"decision": asdict(decision), "rollout": asdict(record)}, default=str)
+    request = urllib.request.Request(
+        url, data=body.encode(), headers={"Content-Type": "application/json"}, method="POST"
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            response.read()
+    except OSError as exc:
+        log.warning("webhook_failed", url=url, error=str(exc))

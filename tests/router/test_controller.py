@@ -1,0 +1,332 @@
+"""The rollout controller's state machine, driven tick by tick with an injected clock.
+
+Fakes here stand in for the router (a weight recorder) and the analyzer (evidence we
+choose); the registry and the SQLite store are the real ones.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import threading
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+
+from canarycast.errors import FailedPrecondition, InvalidArgument, NotFound
+from router.controller import Controller, Phase, RolloutPolicy
+from router.judge import Evidence, JudgePolicy, VariantStats
+from router.store import RolloutStore, StateError
+from tests.conftest import MODEL, TrainedRegistry
+
+RNG = np.random.default_rng(0)
+BASE = RNG.lognormal(0.0, 0.5, 400)
+
+
+def paired(multiplier: float, n: int = 400) -> Evidence:
+    stable = BASE[:n]
+    canary = stable * multiplier * RNG.lognormal(0.0, 0.05, n)
+    calls = VariantStats(calls=500, errors=0, p99_latency=0.02)
+    return Evidence(
+        pairs=np.column_stack([stable, canary]),
+        stable_series=np.array([]),
+        canary_series=np.array([]),
+        stable=calls,
+        canary=calls,
+    )
+
+
+GOOD = paired(0.95)
+BAD = paired(1.5)
+FAILING = Evidence(
+    pairs=np.empty((0, 2)),
+    stable_series=np.array([]),
+    canary_series=np.array([]),
+    stable=VariantStats(calls=500, errors=0, p99_latency=0.02),
+    canary=VariantStats(calls=100, errors=40, p99_latency=0.02),
+)
+
+
+@dataclass
+class Clock:
+    now: float = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass
+class Traffic:
+    weights: list[float] = field(default_factory=list)
+
+    def set_weight(self, weight: float) -> None:
+        self.weights.append(weight)
+
+
+@dataclass
+class Analyzer:
+    clock: Clock
+    current: Evidence = field(default_factory=Evidence.empty)
+    silent: bool = False
+
+    @property
+    def last_span_at(self) -> float | None:
+        return None if self.silent else self.clock.now
+
+    def evidence(self, since: float) -> Evidence:
+        return self.current
+
+
+@dataclass
+class World:
+    controller: Controller
+    traffic: Traffic
+    analyzer: Analyzer
+    clock: Clock
+    trained: TrainedRegistry
+
+    async def tick(self, seconds: float = 1.0, times: int = 1) -> None:
+        for _ in range(times):
+            self.clock.now += seconds
+            await self.controller.tick()
+
+
+POLICY = RolloutPolicy(
+    steps=(0.1, 0.5, 1.0),
+    min_step_seconds=10,
+    max_step_seconds=60,
+    stall_hold_seconds=20,
+    stall_rollback_seconds=40,
+    judge=JudgePolicy(min_pairs=30),
+)
+
+
+def make_world(trained: TrainedRegistry, policy: RolloutPolicy = POLICY) -> World:
+    clock = Clock()
+    traffic = Traffic()
+    analyzer = Analyzer(clock)
+    controller = Controller(
+        model=MODEL,
+        registry=trained.registry,
+        traffic=traffic,
+        analyzer=analyzer,
+        store=RolloutStore(trained.root / "rollouts.db"),
+        policy=policy,
+        clock=clock,
+    )
+    return World(controller, traffic, analyzer, clock, trained)
+
+
+@pytest.fixture
+def world(registry_copy: TrainedRegistry) -> World:
+    return make_world(registry_copy)
+
+
+async def test_a_good_canary_steps_through_and_is_promoted(world: World) -> None:
+    r = await world.controller.start(f"{MODEL}:{world.trained.v2.version}", "tester")
+    assert world.trained.registry.get_alias(MODEL, "canary") == world.trained.v2.version
+    assert (r.phase, r.step, r.weight) == (Phase.PROGRESSING, 0, 0.1)
+    world.analyzer.current = GOOD
+    await world.tick(5)  # verdict promote, but under the 10 s minimum: hold
+    assert world.controller.record.step == 0
+    assert "minimum" in world.controller.last_decision.reason
+    await world.tick(6)
+    assert world.controller.record.step == 1 and world.traffic.weights[-1] == 0.5
+    await world.tick(11)
+    assert world.controller.record.step == 2 and world.traffic.weights[-1] == 1.0
+    await world.tick(11)
+    r = world.controller.record
+    assert r.phase == Phase.PROMOTED
+    assert world.trained.registry.get_alias(MODEL, "stable") == world.trained.v2.version
+    assert world.traffic.weights[-1] == 0.0 and r.weight == 0.0
+    actions = [d.action for d in world.controller.store.decisions(r.rollout_id)]
+    assert actions[0] == "start" and actions[-1] == "promote" and actions.count("step") == 2
+
+
+async def test_a_worse_canary_is_rolled_back_with_weight_zero_first(world: World) -> None:
+    await world.controller.start(f"{MODEL}:{world.trained.v2.version}")
+    world.analyzer.current = BAD
+    await world.tick(1)
+    r = world.controller.record
+    assert r.phase == Phase.ROLLED_BACK
+    assert world.traffic.weights[-1] == 0.0
+    assert "ratio" in r.outcome_reason
+    assert world.trained.registry.get_alias(MODEL, "stable") == world.trained.v1.version
+    stored = world.controller.store.latest()
+    assert stored is not None and stored.phase == Phase.ROLLED_BACK
+
+
+async def test_a_guardrail_breach_rolls_back_at_once(world: World) -> None:
+    await world.controller.start(f"{MODEL}:{world.trained.v2.version}")
+    world.analyzer.current = FAILING
+    await world.tick(1)
+    assert world.controller.record.phase == Phase.ROLLED_BACK
+    assert world.controller.judgement is not None and world.controller.judgement.guardrail
+
+
+async def test_no_data_holds_and_never_passes_then_the_budget_pauses(world: World) -> None:
+    await world.controller.start(f"{MODEL}:{world.trained.v2.version}")
+    await world.tick(5, times=11)
+    r = world.controller.record
+    assert r.phase == Phase.PROGRESSING and r.step == 0
+    assert world.controller.last_decision.action == "hold"
+    await world.tick(10)  # past the 60 s budget
+    assert world.controller.record.phase == Phase.PAUSED
+    assert "budget" in world.controller.last_decision.reason
+
+
+async def test_budget_can_roll_back_instead(registry_copy: TrainedRegistry) -> None:
+    from dataclasses import replace
+
+    w = make_world(registry_copy, replace(POLICY, on_budget="rollback"))
+    await w.controller.start(f"{MODEL}:{registry_copy.v2.version}")
+    await w.tick(61)
+    assert w.controller.record.phase == Phase.ROLLED_BACK
+
+
+async def test_silent_analyzer_holds_then_rolls_back(world: World) -> None:
+    await world.controller.start(f"{MODEL}:{world.trained.v2.version}")
+    world.analyzer.current = GOOD
+    world.analyzer.silent = True
+    await world.tick(25)
+    assert world.controller.record.phase == Phase.PROGRESSING
+    assert "no spans" in world.controller.last_decision.reason
+    await world.tick(20)
+    assert world.controller.record.phase == Phase.ROLLED_BACK
+    assert "no spans" in world.controller.record.outcome_reason
+
+
+async def test_manual_commands_take_effect_and_are_recorded(world: World) -> None:
+    await world.controller.start(f"{MODEL}:{world.trained.v2.version}", "alice")
+    await world.controller.pause("bob")
+    world.analyzer.current = GOOD
+    await world.tick(30)
+    assert world.controller.record.phase == Phase.PAUSED and world.controller.record.step == 0
+    await world.controller.resume("bob")
+    await world.controller.set_weight(0.3, "carol")
+    assert world.traffic.weights[-1] == 0.3 and world.controller.record.phase == Phase.PAUSED
+    await world.controller.promote(actor="dave")
+    assert world.controller.record.step == 1
+    await world.controller.promote(full=True, actor="erin")
+    assert world.controller.record.phase == Phase.PROMOTED
+    actors = [
+        (d.action, d.actor)
+        for d in world.controller.store.decisions(world.controller.record.rollout_id)
+    ]
+    assert ("pause", "bob") in actors and ("set-weight", "carol") in actors
+    assert actors[-1] == ("promote", "erin")
+    with pytest.raises(FailedPrecondition):
+        await world.controller.rollback("too late", "frank")
+
+
+async def test_bad_starts_are_refused(world: World) -> None:
+    with pytest.raises(FailedPrecondition, match="already the stable"):
+        await world.controller.start(f"{MODEL}:{world.trained.v1.version}")
+    with pytest.raises(InvalidArgument, match="candidate"):
+        await world.controller.start(f"{MODEL}@canary")
+    with pytest.raises(NotFound):
+        await world.controller.start(f"{MODEL}:abcdef123456")
+    with pytest.raises(InvalidArgument):
+        await world.controller.set_weight(1.5)
+    await world.controller.start(f"{MODEL}:{world.trained.v2.version}")
+    with pytest.raises(FailedPrecondition, match="rollout"):
+        await world.controller.start(f"{MODEL}:{world.trained.v2.version}")
+
+
+async def test_final_step_waits_for_a_manual_promote_when_asked(
+    registry_copy: TrainedRegistry,
+) -> None:
+    from dataclasses import replace
+
+    w = make_world(registry_copy, replace(POLICY, confirm_final_step=True))
+    await w.controller.start(f"{MODEL}:{registry_copy.v2.version}")
+    w.analyzer.current = GOOD
+    await w.tick(11)
+    await w.tick(11)
+    r = w.controller.record
+    assert r.phase == Phase.PAUSED and r.awaiting_confirmation and r.step == 1
+    await w.controller.promote(actor="release-manager")
+    assert w.controller.record.step == 2 and w.traffic.weights[-1] == 1.0
+
+
+async def test_a_restarted_controller_resumes_the_same_rollout(world: World) -> None:
+    await world.controller.start(f"{MODEL}:{world.trained.v2.version}")
+    world.analyzer.current = GOOD
+    await world.tick(11)
+    before = world.controller.record
+    assert before.step == 1
+    world.controller.store.close()
+    again = make_world(world.trained)
+    again.clock.now = world.clock.now + 100
+    await again.controller.resume_after_restart()
+    r = again.controller.record
+    assert (r.rollout_id, r.step, r.weight, r.phase) == (
+        before.rollout_id,
+        1,
+        0.5,
+        Phase.PROGRESSING,
+    )
+    assert again.traffic.weights == [0.5]
+    assert r.step_started_at == again.clock.now  # the interrupted step starts over
+    again.analyzer.current = GOOD
+    await again.tick(5)
+    assert again.controller.record.step == 1  # nothing unearned
+
+
+def test_a_corrupt_state_file_is_refused(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "rollouts.db"
+    path.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(StateError, match="not usable"):
+        RolloutStore(path)
+
+
+async def test_decisions_reach_the_webhook(registry_copy: TrainedRegistry) -> None:
+    from dataclasses import replace
+
+    received: list[dict] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received.append(json.loads(body))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        w = make_world(
+            registry_copy, replace(POLICY, webhook_url=f"http://127.0.0.1:{server.server_port}/")
+        )
+        await w.controller.start(f"{MODEL}:{registry_copy.v2.version}")
+        w.analyzer.current = BAD
+        await w.tick(1)
+        import asyncio
+
+        for _ in range(100):
+            if len(received) >= 2:
+                break
+            await asyncio.sleep(0.02)
+    finally:
+        server.shutdown()
+    assert [r["decision"]["action"] for r in received] == ["start", "rollback"]
+    assert received[1]["rollout"]["phase"] == "rolled_back"
+
+
+def test_policy_validation_and_files(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ValueError, match="steps"):
+        RolloutPolicy(steps=(0.5, 0.1))
+    with pytest.raises(ValueError, match="on_budget"):
+        RolloutPolicy(on_budget="shrug")
+    path = tmp_path / "policy.json"
+    path.write_text(json.dumps({"steps": [0.2, 1.0], "judge": {"tolerance": 0.1}}))
+    policy = RolloutPolicy.from_file(path)
+    assert policy.steps == (0.2, 1.0) and policy.judge.tolerance == 0.1
+    path.write_text(json.dumps({"stpes": [0.2]}))
+    with pytest.raises(ValueError, match="unknown fields"):
+        RolloutPolicy.from_file(path)

@@ -1,0 +1,230 @@
+"""Spans into the analyzer: in process, and over OTLP/gRPC with the real exporter."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import numpy as np
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
+
+from canarycast import spans
+from router.analysis import Analyzer, CallRecord, ForecastRecord, ObservationRecord
+from router.spans_in import (
+    CALL_SPAN,
+    AnalyzerSpanProcessor,
+    any_value,
+    records_from_span,
+    serve_otlp_receiver,
+)
+
+S = 1_000_000_000
+T0 = 1_700_000_000 * S
+TARGETS = [T0 + i * S for i in range(3)]
+
+
+def routed_call(
+    tracer: Tracer, call_id: str, series: str, stable: list[float], canary: list[float]
+) -> None:
+    """What the router writes for one call: its server span and the two forecasts."""
+    with tracer.start_as_current_span(CALL_SPAN, kind=SpanKind.SERVER) as span:
+        span.set_attributes(
+            {
+                spans.VARIANT: "stable",
+                spans.ROUTING_REASON: "weight",
+                spans.MODEL_VERSION: "v1",
+                "rpc.grpc.status_code": 0,
+            }
+        )
+        for variant, point in (("stable", stable), ("canary", canary)):
+            spans.record_forecast(
+                tracer,
+                series_id=series,
+                forecast_id=f"{call_id}-{variant}",
+                model_name="temps",
+                model_version="v1" if variant == "stable" else "v2",
+                variant=variant,
+                point=point,
+                timestamps=TARGETS,
+                scale=2.0,
+                extra={spans.CALL_ID: call_id, spans.SHADOW: variant == "canary"},
+            )
+
+
+def emit(tracer: Tracer) -> None:
+    """Two paired calls, an unscorable forecast, failed calls and the actuals."""
+    routed_call(tracer, "c1", "a", [1.0, 2.0, 3.0], [2.0, 2.0, 2.0])
+    routed_call(tracer, "c2", "b", [0.0, 0.0, 0.0], [4.0, 4.0, 4.0])
+    spans.record_forecast(
+        tracer,
+        series_id="a",
+        forecast_id="no-start",
+        model_name="temps",
+        model_version="v1",
+        variant="stable",
+        point=[1.0],
+        timestamps=None,
+        scale=0.0,
+        extra={spans.CALL_ID: "c3", spans.SHADOW: False},
+    )
+    with tracer.start_as_current_span(CALL_SPAN, kind=SpanKind.SERVER) as span:
+        span.set_attributes({spans.VARIANT: "canary", "rpc.grpc.status_code": 14})
+        span.set_status(Status(StatusCode.ERROR, "backend down"))
+    with tracer.start_as_current_span(CALL_SPAN, kind=SpanKind.SERVER) as span:
+        span.set_attribute("rpc.grpc.status_code", 3)  # rejected before routing: no variant
+    with tracer.start_as_current_span("canarycast.v1.Forecaster/GetModel"):
+        pass
+    spans.record_observation(tracer, "a", TARGETS, [1.0, 1.0, 1.0])
+    spans.record_observation(tracer, "b", TARGETS, [2.0, 2.0, 2.0])
+
+
+def check(analyzer: Analyzer) -> None:
+    """The evidence `emit` leads to, whichever path the spans took."""
+    evidence = analyzer.evidence(0.0)
+    # c1: stable |1-1|,|1-2|,|1-3| / 2 = 0.5; canary 1/2; c2: stable 1, canary 1
+    np.testing.assert_allclose(evidence.pairs, [[0.5, 0.5], [1.0, 1.0]])
+    np.testing.assert_allclose(evidence.stable_series, [0.5, 1.0])
+    np.testing.assert_allclose(evidence.canary_series, [0.5, 1.0])
+    assert (evidence.stable.calls, evidence.stable.errors) == (2, 0)
+    assert (evidence.canary.calls, evidence.canary.errors) == (1, 1)
+    assert evidence.stable.p99_latency is not None
+    stats = analyzer.stats()
+    assert stats.unscorable == 1
+    assert stats.pending_forecasts == 0
+    assert stats.last_span_at is not None
+
+
+def test_forecast_span_to_record() -> None:
+    attributes = {
+        spans.SERIES_ID: "a",
+        spans.FORECAST_ID: "f",
+        spans.MODEL_VERSION: "v1",
+        spans.VARIANT: "canary",
+        spans.POINT: (1.0, 2.0),
+        spans.TARGET_TIMESTAMPS: (T0, T0 + S),
+        spans.SCALE: 0.5,
+        spans.CALL_ID: "c",
+        spans.SHADOW: True,
+    }
+    assert records_from_span(spans.FORECAST_SPAN, attributes, 0, 1, 2) == [
+        ForecastRecord("a", "f", "c", "canary", "v1", (T0, T0 + S), (1.0, 2.0), 0.5, True)
+    ]
+    del attributes[spans.TARGET_TIMESTAMPS], attributes[spans.CALL_ID], attributes[spans.SHADOW]
+    (record,) = records_from_span(spans.FORECAST_SPAN, attributes, 0, 1, 2)
+    assert isinstance(record, ForecastRecord)
+    assert (record.timestamps, record.call_id, record.shadow) == ((), None, False)
+    del attributes[spans.POINT]
+    assert records_from_span(spans.FORECAST_SPAN, attributes, 0, 1, 2) == []
+
+
+def test_observe_and_call_spans_to_records() -> None:
+    observe = {spans.SERIES_ID: "a", spans.TIMESTAMPS: [T0], spans.VALUES: [1.5]}
+    assert records_from_span(spans.OBSERVE_SPAN, observe, 0, 0, 0) == [
+        ObservationRecord("a", (T0,), (1.5,))
+    ]
+    call = {spans.VARIANT: "stable", "rpc.grpc.status_code": 0}
+    assert records_from_span(CALL_SPAN, call, 0, 0, 250_000_000) == [
+        CallRecord("stable", True, 0.25)
+    ]
+    call["rpc.grpc.status_code"] = 4
+    assert records_from_span(CALL_SPAN, call, 0, 0, 0) == [CallRecord("stable", False, 0.0)]
+    # without the gRPC code, the span status decides (2 = ERROR)
+    assert records_from_span(CALL_SPAN, {spans.VARIANT: "canary"}, 2, 0, 0) == [
+        CallRecord("canary", False, 0.0)
+    ]
+    assert records_from_span(CALL_SPAN, {"rpc.grpc.status_code": 3}, 2, 0, 0) == []
+    assert records_from_span("something else", call, 0, 0, 0) == []
+
+
+def test_otlp_values_decode() -> None:
+    array = AnyValue(
+        array_value=ArrayValue(values=[AnyValue(int_value=T0), AnyValue(double_value=1.5)])
+    )
+    assert any_value(array) == [T0, 1.5]
+    assert any_value(AnyValue(string_value="x")) == "x"
+    assert any_value(AnyValue(bool_value=True)) is True
+    assert any_value(AnyValue()) is None
+
+
+def test_in_process_processor_gives_scored_pairs() -> None:
+    analyzer = Analyzer()
+    processor = AnalyzerSpanProcessor(analyzer)
+    provider = TracerProvider()
+    provider.add_span_processor(processor)
+    emit(provider.get_tracer("test"))
+    assert processor.force_flush()
+    check(analyzer)
+    assert processor.dropped == 0
+    provider.shutdown()
+
+
+class BlockingAnalyzer(Analyzer):
+    """Holds the worker on its first observation until released."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def add_observation(self, record: ObservationRecord) -> None:
+        self.entered.set()
+        assert self.release.wait(10.0)
+        super().add_observation(record)
+
+
+def test_full_queue_drops_and_never_blocks() -> None:
+    analyzer = BlockingAnalyzer()
+    processor = AnalyzerSpanProcessor(analyzer, max_queue=2)
+    provider = TracerProvider()
+    provider.add_span_processor(processor)
+    tracer = provider.get_tracer("test")
+    spans.record_observation(tracer, "a", [T0], [1.0])
+    assert analyzer.entered.wait(5.0)
+    for i in range(5):
+        spans.record_observation(tracer, "a", [T0 + (i + 1) * S], [1.0])
+    assert processor.dropped == 3
+    assert not processor.force_flush(timeout_millis=50)
+    analyzer.release.set()
+    assert processor.force_flush()
+    assert analyzer.stats().pending_actuals == 3
+    provider.shutdown()
+    spans.record_observation(tracer, "a", [T0], [1.0])  # after shutdown: dropped, no error
+    assert processor.dropped == 4
+
+
+async def test_otlp_receiver_reaches_the_same_evidence() -> None:
+    local = Analyzer()
+    processor = AnalyzerSpanProcessor(local)
+    in_process = TracerProvider()
+    in_process.add_span_processor(processor)
+    emit(in_process.get_tracer("test"))
+    assert processor.force_flush()
+
+    remote = Analyzer()
+    server, port = await serve_otlp_receiver(remote)
+    provider = TracerProvider()
+    provider.add_span_processor(
+        BatchSpanProcessor(OTLPSpanExporter(endpoint=f"127.0.0.1:{port}", insecure=True))
+    )
+    try:
+        emit(provider.get_tracer("test"))
+        # the exporter blocks its caller; the receiver needs this event loop meanwhile
+        assert await asyncio.to_thread(provider.force_flush)
+        check(remote)
+        ours, theirs = local.evidence(0.0), remote.evidence(0.0)
+        np.testing.assert_array_equal(ours.pairs, theirs.pairs)
+        np.testing.assert_array_equal(ours.stable_series, theirs.stable_series)
+        np.testing.assert_array_equal(ours.canary_series, theirs.canary_series)
+        assert (ours.stable.calls, ours.canary.errors) == (
+            theirs.stable.calls,
+            theirs.canary.errors,
+        )
+        assert local.stats().scored == remote.stats().scored
+    finally:
+        await asyncio.to_thread(provider.shutdown)
+        in_process.shutdown()
+        await server.stop(None)
