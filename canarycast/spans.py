@@ -13,6 +13,9 @@ from opentelemetry import trace
 
 FORECAST_SPAN = "forecast"
 OBSERVE_SPAN = "observe"
+#: A routed call's attempt on a variant that failed (unreachable, or none serving) before
+#: the router failed over: the client never sees it, the canary's guardrail must.
+FAILED_ATTEMPT_SPAN = "failed_attempt"
 
 SERIES_ID = "canarycast.series_id"
 FORECAST_ID = "canarycast.forecast_id"
@@ -62,6 +65,20 @@ def record_forecast(
     if extra:
         attributes.update(extra)
     tracer.start_span(FORECAST_SPAN, start_time=start_time, attributes=attributes).end()
+
+
+def record_failed_attempt(
+    tracer: trace.Tracer, variant: str, backend: str, grpc_code: int, reason: str
+) -> None:
+    tracer.start_span(
+        FAILED_ATTEMPT_SPAN,
+        attributes={
+            VARIANT: variant,
+            BACKEND: backend,
+            "rpc.grpc.status_code": grpc_code,
+            ROUTING_REASON: reason,
+        },
+    ).end()
 
 
 def record_observation(

@@ -192,6 +192,9 @@ class Router:
             last = i == len(attempts) - 1
             replica = self.pools[variant].pick()
             if replica is None:
+                spans.record_failed_attempt(
+                    self.tracer, variant, "", grpc.StatusCode.UNAVAILABLE.value[0], "none serving"
+                )
                 if not last:
                     self.metrics.failovers.labels(variant).inc()
                 continue
@@ -212,6 +215,9 @@ class Router:
                 self.metrics.backend_failures.labels(variant, code.name).inc()
                 if code == grpc.StatusCode.UNAVAILABLE:
                     replica.mark_down()
+                    spans.record_failed_attempt(
+                        self.tracer, variant, replica.address, code.value[0], "unreachable"
+                    )
                     if not last:
                         self.metrics.failovers.labels(variant).inc()
                         log.warning("failover", variant=variant, backend=replica.address)

@@ -39,7 +39,9 @@ log = structlog.get_logger("canarycast.analysis")
 CALL_SPAN = f"{forecast_pb2.DESCRIPTOR.services_by_name['Forecaster'].full_name}/Forecast"
 GRPC_STATUS_CODE = "rpc.grpc.status_code"
 STATUS_ERROR = 2  # OpenTelemetry's StatusCode.ERROR, also OTLP's STATUS_CODE_ERROR
-WANTED_SPANS = frozenset({spans.FORECAST_SPAN, spans.OBSERVE_SPAN, CALL_SPAN})
+WANTED_SPANS = frozenset(
+    {spans.FORECAST_SPAN, spans.OBSERVE_SPAN, spans.FAILED_ATTEMPT_SPAN, CALL_SPAN}
+)
 MAX_OTLP_MESSAGE = 32 * 1024 * 1024
 
 Record = ForecastRecord | ObservationRecord | CallRecord
@@ -64,6 +66,8 @@ def records_from_span(
                     values=tuple(float(v) for v in attributes[spans.VALUES]),
                 )
             ]
+        if name == spans.FAILED_ATTEMPT_SPAN:
+            return [CallRecord(variant=str(attributes[spans.VARIANT]), ok=False, latency=0.0)]
         if name == CALL_SPAN and attributes.get(spans.VARIANT) is not None:
             grpc_code = attributes.get(GRPC_STATUS_CODE)
             ok = int(grpc_code) == 0 if grpc_code is not None else status_code != STATUS_ERROR

@@ -295,6 +295,10 @@ async def test_a_canary_that_is_not_serving_takes_no_traffic(
             if s.name == "canarycast.v1.Forecaster/Forecast"
         }
         assert reasons == {"failover"}
+        attempts = [
+            s for s in c.router_spans.get_finished_spans() if s.name == spans.FAILED_ATTEMPT_SPAN
+        ]
+        assert len(attempts) == 20 and {s.attributes[spans.VARIANT] for s in attempts} == {"canary"}
         # a forced canary is not failed over: the caller asked for it
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await c.stub.Forecast(request(), metadata=((VARIANT_HEADER, "canary"),))

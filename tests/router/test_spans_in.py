@@ -228,3 +228,24 @@ async def test_otlp_receiver_reaches_the_same_evidence() -> None:
         await asyncio.to_thread(provider.shutdown)
         in_process.shutdown()
         await server.stop(None)
+
+
+def test_a_failed_attempt_counts_as_a_failed_call_of_its_variant() -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from canarycast import spans as span_names
+    from router.analysis import Analyzer
+    from router.spans_in import AnalyzerSpanProcessor
+
+    analyzer = Analyzer()
+    provider = TracerProvider()
+    processor = AnalyzerSpanProcessor(analyzer)
+    provider.add_span_processor(processor)
+    tracer = provider.get_tracer("test")
+    for _ in range(3):
+        span_names.record_failed_attempt(tracer, "canary", "127.0.0.1:1", 14, "unreachable")
+    assert processor.force_flush()
+    evidence = analyzer.evidence(since=0.0)
+    assert (evidence.canary.calls, evidence.canary.errors) == (3, 3)
+    assert evidence.stable.calls == 0
+    processor.shutdown()
