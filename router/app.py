@@ -28,7 +28,7 @@ from router.analysis import Analyzer
 from router.backends import SERVICE, BackendPool, Replica
 from router.control import AdminAuth, RolloutControlServicer
 from router.controller import Controller, RolloutPolicy
-from router.metrics import RouterMetrics
+from router.metrics import RolloutMetrics, RouterMetrics
 from router.mirror import MirrorQueue
 from router.proxy import Router
 from router.routing import CANARY, STABLE, Mode, RoutingPolicy, StickyKey
@@ -188,6 +188,7 @@ class RouterServer:
             store=RolloutStore(cs.state),
             policy=cs.policy,
             stable_probe=self._stable_version,
+            metrics=RolloutMetrics(self.metrics.registry),
         )
         return provider.get_tracer("canarycast.router")
 

@@ -32,6 +32,7 @@ import structlog
 
 from canarycast.errors import FailedPrecondition, InvalidArgument, NotFound
 from router.judge import Evidence, Judgement, JudgePolicy, Verdict, judge
+from router.metrics import RolloutMetrics
 from router.store import DecisionRow, RolloutRecord, RolloutStore
 from server.registry import ModelRef, Registry, RegistryError
 
@@ -133,8 +134,10 @@ class Controller:
         policy: RolloutPolicy | None = None,
         clock: Callable[[], float] = time.time,
         stable_probe: StableProbe | None = None,
+        metrics: RolloutMetrics | None = None,
     ) -> None:
         self.model = model
+        self.metrics = metrics
         self.registry = registry
         self.traffic = traffic
         self.analyzer = analyzer
@@ -288,6 +291,7 @@ class Controller:
             in_step = now - record.step_started_at
             self.evidence = evidence = self.analyzer.evidence(since=record.step_started_at)
             self.judgement = verdict = judge(self.policy.judge, evidence)
+            self._observe_evidence(evidence, verdict)
             record.judgement = json.dumps(asdict(verdict), default=str)
             last = self.analyzer.last_span_at
             silent = now - (last if last is not None else record.step_started_at)
@@ -398,6 +402,13 @@ class Controller:
         )
         await asyncio.to_thread(self.store.save, record, decision)
         self.last_decision = decision
+        if self.metrics is not None:
+            self.metrics.decisions.labels(
+                action, "controller" if actor == "controller" else "human"
+            ).inc()
+            self.metrics.set_phase(str(record.phase))
+            self.metrics.step.set(record.step + 1)
+            self.metrics.weight.set(record.weight)
         log.info(
             "rollout_decision",
             rollout_id=record.rollout_id,
@@ -416,6 +427,20 @@ class Controller:
                 None, _post_webhook, self.policy.webhook_url, decision, replace(record)
             )
         await self._notify()
+
+    def _observe_evidence(self, evidence: Evidence, verdict: Judgement) -> None:
+        if self.metrics is None:
+            return
+        self.metrics.samples.labels("pairs").set(len(evidence.pairs))
+        self.metrics.samples.labels("stable_calls").set(evidence.stable.calls)
+        self.metrics.samples.labels("canary_calls").set(evidence.canary.calls)
+        for bound, value in (
+            ("estimate", verdict.ratio),
+            ("lower", verdict.lower),
+            ("upper", verdict.upper),
+        ):
+            if value is not None:
+                self.metrics.ratio.labels(bound).set(value)
 
     async def _notify(self) -> None:
         async with self._changed:

@@ -69,3 +69,48 @@ class RouterMetrics:
             "Observed values accepted by Observe.",
             registry=self.registry,
         )
+
+
+class RolloutMetrics:
+    """The rollout as Prometheus sees it (the controller updates these)."""
+
+    PHASES = ("idle", "progressing", "paused", "promoted", "rolled_back")
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.phase = Gauge(
+            "canarycast_rollout_phase",
+            "1 for the phase the latest rollout is in.",
+            ["phase"],
+            registry=registry,
+        )
+        self.step = Gauge(
+            "canarycast_rollout_step", "1-based step of the rollout in progress.", registry=registry
+        )
+        self.weight = Gauge(
+            "canarycast_rollout_canary_weight",
+            "Canary weight the controller set.",
+            registry=registry,
+        )
+        self.samples = Gauge(
+            "canarycast_rollout_samples",
+            "Evidence of the current step: paired forecasts, calls per variant.",
+            ["kind"],
+            registry=registry,
+        )
+        self.ratio = Gauge(
+            "canarycast_rollout_error_ratio",
+            "Canary/stable mean scaled error of the current step, with its interval bounds.",
+            ["bound"],
+            registry=registry,
+        )
+        self.decisions = Counter(
+            "canarycast_rollout_decisions",
+            "Controller decisions by action (start, step, promote, rollback, pause, hold, ...).",
+            ["action", "actor"],
+            registry=registry,
+        )
+        self.set_phase("idle")
+
+    def set_phase(self, phase: str) -> None:
+        for name in self.PHASES:
+            self.phase.labels(name).set(1 if name == phase else 0)

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -88,6 +89,8 @@ def rollout_world(
                     "route",
                     "--port",
                     "0",
+                    "--metrics-port",
+                    "0",
                     "--stable",
                     components[0].target,
                     "--canary",
@@ -165,6 +168,23 @@ async def test_good_candidate_is_promoted_then_a_worse_one_is_rolled_back(rollou
         final = client.status()
         assert final.canary_weight == 0.0 and final.judgement.verdict == "promote"
         assert final.judgement.method == "paired" and final.judgement.upper < 1.05
+        as_json = canarycast(
+            "rollout",
+            "--router",
+            router.target,
+            "status",
+            "--json",
+            env={"CANARYCAST_ADMIN_TOKEN": TOKEN},
+        )
+        record = json.loads(as_json.stdout)
+        assert record["phase"] == "promoted" and record["candidate_version"] == good
+        url = f"http://127.0.0.1:{router.metrics_port}/metrics"
+        body = await asyncio.to_thread(
+            lambda: urllib.request.urlopen(url, timeout=5).read().decode()
+        )
+        assert 'canarycast_rollout_phase{phase="promoted"} 1.0' in body
+        assert 'canarycast_rollout_decisions_total{action="promote",actor="controller"} 1.0' in body
+        assert "canarycast_analysis_pairs_total" in body
         # the stable server now answers with the candidate's version
         replayer = Replayer(router.target, replay_series()[:1], lookback=48, horizon=6, start=400)
         await replayer.tick()

@@ -103,6 +103,10 @@ POLICY = RolloutPolicy(
 
 
 def make_world(trained: TrainedRegistry, policy: RolloutPolicy = POLICY) -> World:
+    from prometheus_client import CollectorRegistry
+
+    from router.metrics import RolloutMetrics
+
     clock = Clock()
     traffic = Traffic()
     analyzer = Analyzer(clock)
@@ -114,6 +118,7 @@ def make_world(trained: TrainedRegistry, policy: RolloutPolicy = POLICY) -> Worl
         store=RolloutStore(trained.root / "rollouts.db"),
         policy=policy,
         clock=clock,
+        metrics=RolloutMetrics(CollectorRegistry()),
     )
     return World(controller, traffic, analyzer, clock, trained)
 
@@ -142,6 +147,13 @@ async def test_a_good_canary_steps_through_and_is_promoted(world: World) -> None
     assert world.traffic.weights[-1] == 0.0 and r.weight == 0.0
     actions = [d.action for d in world.controller.store.decisions(r.rollout_id)]
     assert actions[0] == "start" and actions[-1] == "promote" and actions.count("step") == 2
+    metrics = world.controller.metrics
+    assert metrics is not None
+    assert metrics.phase.labels("promoted")._value.get() == 1
+    assert metrics.phase.labels("progressing")._value.get() == 0
+    assert metrics.decisions.labels("step", "controller")._value.get() == 2
+    assert metrics.samples.labels("pairs")._value.get() == 400
+    assert metrics.ratio.labels("upper")._value.get() < 1.05
 
 
 async def test_a_worse_canary_is_rolled_back_with_weight_zero_first(world: World) -> None:
