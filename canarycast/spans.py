@@ -28,6 +28,10 @@ POINT = "canarycast.point"
 SCALE = "canarycast.scale"
 TARGET_TIMESTAMPS = "canarycast.target_timestamps"  # int64 ns since the epoch
 TIMESTAMPS = "canarycast.timestamps"  # observed, int64 ns
+# The most recent values of the call's history with their times: implicit actuals that
+# score earlier forecasts of the same series (only on the answered forecast, never a copy).
+HISTORY_TIMESTAMPS = "canarycast.history_timestamps"
+HISTORY_VALUES = "canarycast.history_values"
 VALUES = "canarycast.values"  # observed
 CALL_ID = "canarycast.call_id"  # one per routed call, shared by its primary and mirrored forecasts
 SHADOW = "canarycast.shadow"  # True: a dual-run/shadow copy, never returned to the client

@@ -24,6 +24,7 @@ import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import replace
+from typing import Any
 
 import grpc
 import numpy as np
@@ -270,9 +271,14 @@ class Router:
         mirrored: bool,
     ) -> None:
         """One `forecast` span per series of an answer, for the canary analysis."""
-        histories: dict[str, Sequence[float]] = {s.series_id: s.history for s in request.series}
+        inputs = {s.series_id: s for s in request.series}
         for f in answer.forecasts:
-            history = np.asarray(histories.get(f.series_id, ()), dtype=np.float64)
+            series = inputs.get(f.series_id)
+            history = np.asarray(series.history if series else (), dtype=np.float64)
+            targets = [t.seconds * NS_PER_S + t.nanos for t in f.timestamps]
+            extra: dict[str, Any] = {spans.CALL_ID: call_id, spans.SHADOW: mirrored}
+            if not mirrored and series is not None:
+                extra.update(_recent_history(series, history, targets))
             spans.record_forecast(
                 self.tracer,
                 series_id=f.series_id,
@@ -281,7 +287,32 @@ class Router:
                 model_version=answer.model.version,
                 variant=variant,
                 point=f.point,
-                timestamps=[t.seconds * NS_PER_S + t.nanos for t in f.timestamps],
+                timestamps=targets,
                 scale=history_scale(history),
-                extra={spans.CALL_ID: call_id, spans.SHADOW: mirrored},
+                extra=extra,
             )
+
+
+#: How many of the latest history values a forecast span carries as implicit actuals.
+RECENT_HISTORY = 48
+
+
+def _recent_history(
+    series: pb.SeriesInput, history: np.ndarray, targets: Sequence[int]
+) -> dict[str, Any]:
+    """The last values of a history with their times, when those times are known exactly:
+    a start was given and the answer's targets continue the history at a fixed step."""
+    n = history.size
+    if not series.HasField("start") or not targets or n == 0:
+        return {}
+    start = series.start.seconds * NS_PER_S + series.start.nanos
+    step, remainder = divmod(targets[0] - start, n)
+    fixed = len(targets) < 2 or targets[1] - targets[0] == step
+    if step <= 0 or remainder or not fixed:
+        return {}  # a calendar step (months): times are not evenly spaced
+    k = min(n, RECENT_HISTORY)
+    first = n - k
+    return {
+        spans.HISTORY_TIMESTAMPS: [start + (first + i) * step for i in range(k)],
+        spans.HISTORY_VALUES: [float(v) for v in history[first:]],
+    }

@@ -57,7 +57,16 @@ def records_from_span(
     """The analyzer records one span carries (none for other spans or malformed ones)."""
     try:
         if name == spans.FORECAST_SPAN:
-            return [_forecast(attributes)]
+            records: list[Record] = [_forecast(attributes)]
+            if spans.HISTORY_TIMESTAMPS in attributes:  # implicit actuals
+                records.append(
+                    ObservationRecord(
+                        series_id=str(attributes[spans.SERIES_ID]),
+                        timestamps=tuple(int(t) for t in attributes[spans.HISTORY_TIMESTAMPS]),
+                        values=tuple(float(v) for v in attributes[spans.HISTORY_VALUES]),
+                    )
+                )
+            return records
         if name == spans.OBSERVE_SPAN:
             return [
                 ObservationRecord(

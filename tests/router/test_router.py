@@ -205,6 +205,16 @@ async def test_dual_run_records_both_variants_and_returns_only_the_chosen(
                 == recorded["stable"].attributes[spans.TARGET_TIMESTAMPS]
             )
             assert s.attributes[spans.SCALE] > 0
+        # the answered forecast carries its recent history as implicit actuals; the copy does not
+        history_ts = recorded["stable"].attributes[spans.HISTORY_TIMESTAMPS]
+        expected = (
+            SERIES.timestamps[1000 : 1000 + LOOKBACK].astype("datetime64[ns]").astype(np.int64)
+        )
+        assert list(history_ts) == expected.tolist()
+        assert list(recorded["stable"].attributes[spans.HISTORY_VALUES]) == pytest.approx(
+            SERIES.values[1000 : 1000 + LOOKBACK].tolist()
+        )
+        assert spans.HISTORY_TIMESTAMPS not in recorded["canary"].attributes
         returned = list(answer.forecasts[0].point)
         assert list(recorded["stable"].attributes[spans.POINT]) == pytest.approx(returned)
         assert list(recorded["canary"].attributes[spans.POINT]) != pytest.approx(returned)

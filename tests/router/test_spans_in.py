@@ -249,3 +249,54 @@ def test_a_failed_attempt_counts_as_a_failed_call_of_its_variant() -> None:
     assert (evidence.canary.calls, evidence.canary.errors) == (3, 3)
     assert evidence.stable.calls == 0
     processor.shutdown()
+
+
+def test_a_later_calls_history_scores_an_earlier_forecast_without_observe() -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from canarycast import spans as span_names
+    from router.analysis import Analyzer
+    from router.spans_in import AnalyzerSpanProcessor
+
+    analyzer = Analyzer()
+    provider = TracerProvider()
+    processor = AnalyzerSpanProcessor(analyzer)
+    provider.add_span_processor(processor)
+    tracer = provider.get_tracer("test")
+    hour = 3600 * 10**9
+    for variant, point in (("stable", [10.0, 11.0]), ("canary", [10.5, 11.5])):
+        span_names.record_forecast(
+            tracer,
+            series_id="s",
+            forecast_id=f"f-{variant}",
+            model_name="m",
+            model_version=variant,
+            variant=variant,
+            point=point,
+            timestamps=[10 * hour, 11 * hour],
+            scale=1.0,
+            extra={span_names.CALL_ID: "call-1", span_names.SHADOW: variant == "canary"},
+        )
+    # a later call whose history covers hours 8..11 (the values that really happened)
+    span_names.record_forecast(
+        tracer,
+        series_id="s",
+        forecast_id="f-later",
+        model_name="m",
+        model_version="stable",
+        variant="stable",
+        point=[12.0],
+        timestamps=[12 * hour],
+        scale=1.0,
+        extra={
+            span_names.CALL_ID: "call-2",
+            span_names.HISTORY_TIMESTAMPS: [8 * hour, 9 * hour, 10 * hour, 11 * hour],
+            span_names.HISTORY_VALUES: [9.0, 9.5, 10.0, 12.0],
+        },
+    )
+    assert processor.force_flush()
+    evidence = analyzer.evidence(since=0.0)
+    assert evidence.pairs.shape == (1, 2)
+    # stable: |10-10| and |12-11| -> 0.5; canary: |10-10.5| and |12-11.5| -> 0.5
+    assert evidence.pairs[0].tolist() == [0.5, 0.5]
+    processor.shutdown()
