@@ -174,6 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="file holding the admin token (default: $CANARYCAST_ADMIN_TOKEN)",
     )
     p.add_argument("--timeout", type=float, default=30.0, help="deadline per call, seconds")
+    p.add_argument("--tls-ca", type=Path, help="use TLS, trusting this CA (PEM)")
+    p.add_argument("--tls-cert", type=Path, help="client certificate for mTLS, PEM")
+    p.add_argument("--tls-key", type=Path, help="client private key for mTLS, PEM")
     rsub = p.add_subparsers(dest="rollout_command", required=True, metavar="ACTION")
     start = rsub.add_parser("start", help="roll out a candidate version")
     start.add_argument("--candidate", required=True, help="NAME:VERSION")
@@ -318,6 +321,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_route(args: argparse.Namespace) -> int:
     from canarycast.telemetry import configure_tracing
+    from canarycast.tls import ServerTLS
     from router.app import ControllerSettings, RouterSettings, run
     from router.control import load_admin_token
     from router.controller import RolloutPolicy
@@ -326,6 +330,13 @@ def cmd_route(args: argparse.Namespace) -> int:
     provider = configure_tracing("canarycast-router")
     try:
         controller = None
+        tls = None
+        if args.tls_cert is not None or args.tls_key is not None:
+            if args.tls_cert is None or args.tls_key is None:
+                raise ValueError("--tls-cert and --tls-key go together")
+            tls = ServerTLS(args.tls_cert, args.tls_key, args.tls_client_ca)
+        elif args.tls_client_ca is not None:
+            raise ValueError("--tls-client-ca needs --tls-cert and --tls-key")
         if (args.registry is None) != (args.model is None):
             raise ValueError("--registry and --model go together (they turn the controller on)")
         if args.registry is not None:
@@ -352,6 +363,7 @@ def cmd_route(args: argparse.Namespace) -> int:
             keepalive=args.keepalive,
             grace=args.grace,
             controller=controller,
+            tls=tls,
         )
         return asyncio.run(run(settings, provider))
     except (ValueError, OSError) as exc:
@@ -369,16 +381,20 @@ def cmd_rollout(args: argparse.Namespace) -> int:
         phase_name,
         status_dict,
     )
+    from canarycast.tls import channel_credentials
     from canarycast.v1 import rollout_pb2 as rpb
     from router.control import load_admin_token
 
     try:
         token = load_admin_token(args.token_file)
+        credentials = None
+        if args.tls_ca is not None or args.tls_cert is not None:
+            credentials = channel_credentials(args.tls_ca, args.tls_cert, args.tls_key)
     except ValueError as exc:
         print(f"canarycast rollout: {exc}", file=sys.stderr)
         return 2
     action = args.rollout_command
-    with RolloutClient(args.router, token, timeout=args.timeout) as client:
+    with RolloutClient(args.router, token, timeout=args.timeout, credentials=credentials) as client:
         try:
             if action == "history":
                 rows = [("ROLLOUT", "CANDIDATE", "STABLE BEFORE", "OUTCOME", "STARTED", "REASON")]

@@ -17,8 +17,19 @@ FINAL = (rpb.PROMOTED, rpb.ROLLED_BACK)
 
 
 class RolloutClient:
-    def __init__(self, target: str, token: str | None, *, timeout: float | None = 30.0) -> None:
-        self.channel = grpc.insecure_channel(target)
+    def __init__(
+        self,
+        target: str,
+        token: str | None,
+        *,
+        timeout: float | None = 30.0,
+        credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
+        self.channel = (
+            grpc.secure_channel(target, credentials)
+            if credentials is not None
+            else grpc.insecure_channel(target)
+        )
         self.stub = rpb_grpc.RolloutControlStub(self.channel)
         self.timeout = timeout
         self.metadata = (("authorization", f"Bearer {token}"),) if token else ()

@@ -21,6 +21,7 @@ from canarycast.grpc_server import (
     set_serving,
 )
 from canarycast.telemetry import MetricsEndpoint, serve_metrics
+from canarycast.tls import ServerTLS
 from canarycast.v1 import forecast_pb2 as pb
 from canarycast.v1 import rollout_pb2_grpc as rpb_grpc
 from canarycast.validation import Limits
@@ -73,6 +74,7 @@ class RouterSettings:
     grace: float = 10.0
     limits: Limits = field(default_factory=Limits)
     controller: ControllerSettings | None = None
+    tls: ServerTLS | None = None  # TLS (and mTLS with a client CA) on the router's port
 
 
 class RouterServer:
@@ -212,7 +214,11 @@ class RouterServer:
             self._health_changed.notify_all()
 
     async def start(self) -> int:
-        self.port = self.server.add_insecure_port(f"{self.settings.host}:{self.settings.port}")
+        address = f"{self.settings.host}:{self.settings.port}"
+        if self.settings.tls is not None:
+            self.port = self.server.add_secure_port(address, self.settings.tls.credentials())
+        else:
+            self.port = self.server.add_insecure_port(address)
         if self.port == 0:
             raise OSError(f"cannot listen on {self.settings.host}:{self.settings.port}")
         if self.settings.metrics_port is not None:

@@ -1,0 +1,48 @@
+"""TLS and mutual TLS for canarycast's gRPC ports and clients, from PEM files."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+
+def _read(path: str | Path, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise ValueError(f"{what} {path}: {exc.strerror}") from exc
+
+
+@dataclass(frozen=True)
+class ServerTLS:
+    """A server certificate and key; with `client_ca`, clients must present a
+    certificate signed by it (mTLS)."""
+
+    cert: Path
+    key: Path
+    client_ca: Path | None = None
+
+    def credentials(self) -> grpc.ServerCredentials:
+        pair = (_read(self.key, "TLS key"), _read(self.cert, "TLS certificate"))
+        if self.client_ca is None:
+            return grpc.ssl_server_credentials([pair])
+        return grpc.ssl_server_credentials(
+            [pair],
+            root_certificates=_read(self.client_ca, "client CA"),
+            require_client_auth=True,
+        )
+
+
+def channel_credentials(
+    ca: str | Path | None, cert: str | Path | None = None, key: str | Path | None = None
+) -> grpc.ChannelCredentials:
+    """Trust `ca` (default: the system roots); present `cert`/`key` for mTLS."""
+    if (cert is None) != (key is None):
+        raise ValueError("a client certificate and its key go together")
+    return grpc.ssl_channel_credentials(
+        root_certificates=_read(ca, "CA certificate") if ca else None,
+        private_key=_read(key, "client key") if key else None,
+        certificate_chain=_read(cert, "client certificate") if cert else None,
+    )

@@ -1,0 +1,124 @@
+"""The router's port with TLS and mutual TLS: the control API refuses what it must."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import ipaddress
+from pathlib import Path
+
+import grpc
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from canarycast.rollout_client import RolloutClient
+from canarycast.tls import ServerTLS, channel_credentials
+from canarycast.v1 import rollout_pb2 as rpb
+from router.app import ControllerSettings, RouterServer, RouterSettings
+from tests.conftest import MODEL, TrainedRegistry
+
+TOKEN = "tls-token"
+
+
+def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+
+
+def _cert(
+    subject: str,
+    key: ec.EllipticCurvePrivateKey,
+    issuer: x509.Certificate | None,
+    issuer_key: ec.EllipticCurvePrivateKey,
+    *,
+    ca: bool = False,
+    server: bool = False,
+) -> x509.Certificate:
+    now = dt.datetime.now(dt.UTC)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(issuer.subject if issuer else name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    if server:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("pki")
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = _cert("canarycast test CA", ca_key, None, ca_key, ca=True)
+    files = {"ca": d / "ca.pem"}
+    files["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    for role in ("server", "client"):
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = _cert(f"canarycast {role}", key, ca, ca_key, server=role == "server")
+        files[f"{role}_cert"] = d / f"{role}.pem"
+        files[f"{role}_cert"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        files[f"{role}_key"] = d / f"{role}.key"
+        _write_key(files[f"{role}_key"], key)
+    return files
+
+
+async def test_mtls_control_api(registry_copy: TrainedRegistry, pki: dict[str, Path]) -> None:
+    router = RouterServer(
+        RouterSettings(
+            stable=["127.0.0.1:1"],
+            port=0,
+            tls=ServerTLS(pki["server_cert"], pki["server_key"], pki["ca"]),
+            controller=ControllerSettings(
+                registry=registry_copy.root,
+                model=MODEL,
+                state=registry_copy.root / "rollouts.db",
+                admin_token=TOKEN,
+            ),
+        )
+    )
+    await router.start()
+    target = f"127.0.0.1:{router.port}"
+
+    def status(token: str | None, credentials: grpc.ChannelCredentials | None) -> int:
+        with RolloutClient(target, token, timeout=5, credentials=credentials) as client:
+            return client.status().phase
+
+    mtls = channel_credentials(pki["ca"], pki["client_cert"], pki["client_key"])
+    tls_only = channel_credentials(pki["ca"])
+    try:
+        assert await asyncio.to_thread(status, TOKEN, mtls) == rpb.IDLE
+        with pytest.raises(grpc.RpcError) as err:
+            await asyncio.to_thread(status, None, mtls)
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        for credentials in (tls_only, None):  # no client certificate; no TLS at all
+            with pytest.raises(grpc.RpcError) as err:
+                await asyncio.to_thread(status, TOKEN, credentials)
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        await router.stop(grace=1)
+
+
+def test_tls_settings_name_missing_files(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="TLS key .*nope.key: No such file"):
+        ServerTLS(tmp_path / "nope.pem", tmp_path / "nope.key").credentials()
+    with pytest.raises(ValueError, match="go together"):
+        channel_credentials(None, tmp_path / "c.pem", None)
