@@ -165,6 +165,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="admin token of the control API (default: $CANARYCAST_ADMIN_TOKEN)",
     )
     ctl.add_argument("--otlp-port", type=int, help="also receive spans over OTLP/gRPC on this port")
+    tls = p.add_argument_group("TLS on the router's port (Forecaster and RolloutControl)")
+    tls.add_argument("--tls-cert", type=Path, help="server certificate, PEM")
+    tls.add_argument("--tls-key", type=Path, help="server private key, PEM")
+    tls.add_argument(
+        "--tls-client-ca", type=Path, help="require client certificates signed by this CA (mTLS)"
+    )
 
     p = sub.add_parser("rollout", help="start, watch and steer canary rollouts")
     p.add_argument("--router", default="127.0.0.1:50050", help="router HOST:PORT")

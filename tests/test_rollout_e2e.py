@@ -213,6 +213,17 @@ async def test_good_candidate_is_promoted_then_a_worse_one_is_rolled_back(rollou
             env={"CANARYCAST_ADMIN_TOKEN": TOKEN},
         )
         assert wait.returncode == 1  # the last rollout ended rolled back
+        watch = canarycast(
+            "rollout",
+            "--router",
+            router.target,
+            "status",
+            "--watch",
+            "--json",
+            env={"CANARYCAST_ADMIN_TOKEN": TOKEN},
+        )
+        assert watch.returncode == 1
+        assert json.loads(watch.stdout.splitlines()[-1])["phase"] == "rolled_back"
     finally:
         client.close()
     logs = [json.loads(line) for line in router.lines if line.startswith("{")]

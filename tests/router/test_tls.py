@@ -118,7 +118,135 @@ async def test_mtls_control_api(registry_copy: TrainedRegistry, pki: dict[str, P
 
 
 def test_tls_settings_name_missing_files(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="TLS key .*nope.key: No such file"):
+    with pytest.raises(ValueError, match=r"TLS key .*nope\.key: No such file"):
         ServerTLS(tmp_path / "nope.pem", tmp_path / "nope.key").credentials()
     with pytest.raises(ValueError, match="go together"):
         channel_credentials(None, tmp_path / "c.pem", None)
+
+
+async def test_the_embedded_analyzer_also_takes_spans_over_otlp(
+    registry_copy: TrainedRegistry,
+) -> None:
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+    from canarycast import spans
+
+    router = RouterServer(
+        RouterSettings(
+            stable=["127.0.0.1:1"],
+            port=0,
+            controller=ControllerSettings(
+                registry=registry_copy.root,
+                model=MODEL,
+                state=registry_copy.root / "rollouts.db",
+                admin_token=TOKEN,
+                otlp_port=0,
+            ),
+        )
+    )
+    await router.start()
+    try:
+        assert router.otlp_port
+        provider = TracerProvider()  # another router replica, exporting with OTLP
+        provider.add_span_processor(
+            SimpleSpanProcessor(
+                OTLPSpanExporter(endpoint=f"127.0.0.1:{router.otlp_port}", insecure=True)
+            )
+        )
+        tracer = provider.get_tracer("replica")
+
+        def emit() -> None:
+            for variant in ("stable", "canary"):
+                spans.record_forecast(
+                    tracer,
+                    series_id="s",
+                    forecast_id=f"f-{variant}",
+                    model_name=MODEL,
+                    model_version=variant,
+                    variant=variant,
+                    point=[1.0],
+                    timestamps=[10],
+                    scale=1.0,
+                    extra={spans.CALL_ID: "c1"},
+                )
+            spans.record_observation(tracer, "s", [10], [1.5])
+            provider.shutdown()
+
+        await asyncio.to_thread(emit)
+        assert router.analyzer is not None
+        for _ in range(200):
+            if router.analyzer.stats().pairs:
+                break
+            await asyncio.sleep(0.01)
+        assert router.analyzer.evidence(since=0.0).pairs.tolist() == [[0.5, 0.5]]
+    finally:
+        await router.stop(grace=1)
+
+
+def test_route_and_rollout_commands_speak_mtls(
+    registry_copy: TrainedRegistry, pki: dict[str, Path]
+) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from canarycast.processes import start_component
+
+    env = {"CANARYCAST_ADMIN_TOKEN": TOKEN}
+    router = start_component(
+        "router",
+        [
+            "route",
+            "--port",
+            "0",
+            "--stable",
+            "127.0.0.1:1",
+            "--registry",
+            str(registry_copy.root),
+            "--model",
+            MODEL,
+            "--tls-cert",
+            str(pki["server_cert"]),
+            "--tls-key",
+            str(pki["server_key"]),
+            "--tls-client-ca",
+            str(pki["ca"]),
+        ],
+        env=env,
+    )
+    try:
+
+        def rollout(*flags: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "canarycast.cli",
+                    "rollout",
+                    "--router",
+                    router.target,
+                    *flags,
+                    "status",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                env={**os.environ, **env},
+            )
+
+        ok = rollout(
+            "--tls-ca",
+            str(pki["ca"]),
+            "--tls-cert",
+            str(pki["client_cert"]),
+            "--tls-key",
+            str(pki["client_key"]),
+        )
+        assert ok.returncode == 0, ok.stderr
+        assert "no rollout has run yet" in ok.stdout
+        refused = rollout("--tls-ca", str(pki["ca"]))  # no client certificate
+        assert refused.returncode == 1 and "UNAVAILABLE" in refused.stderr
+    finally:
+        assert router.stop() == 0
