@@ -31,6 +31,7 @@ from typing import Any, Protocol
 import structlog
 
 from canarycast.errors import FailedPrecondition, InvalidArgument, NotFound
+from canarycast.periodic import Periodic
 from router.judge import Evidence, Judgement, JudgePolicy, Verdict, judge
 from router.metrics import RolloutMetrics
 from router.store import DecisionRow, RolloutRecord, RolloutStore
@@ -150,7 +151,7 @@ class Controller:
         self.evidence: Evidence | None = None
         self.last_decision: DecisionRow | None = None
         self._changed = asyncio.Condition()
-        self._task: asyncio.Task[None] | None = None
+        self._ticker = Periodic("controller", self.policy.tick_seconds, self.tick)
         self._lock = asyncio.Lock()
         self.on_decision: Callable[[DecisionRow, RolloutRecord], None] | None = None
 
@@ -171,23 +172,10 @@ class Controller:
             self.traffic.set_weight(0.0)
 
     def start_loop(self) -> None:
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._loop(), name="controller")
+        self._ticker.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-
-    async def _loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.policy.tick_seconds)
-            try:
-                await self.tick()
-            except Exception:  # the controller must outlive any surprise; it logs and holds
-                log.exception("controller_tick_failed")
+        await self._ticker.stop()
 
     # -- commands --
 

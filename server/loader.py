@@ -14,13 +14,13 @@ keeps serving and the failure is reported (`reload_error`, logs, metrics).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 import structlog
 
+from canarycast.periodic import Periodic
 from server.model import LSTMForecaster, ModelConfig, build_model, predict
 from server.registry import ModelRef, ModelVersion, Registry, RegistryError
 
@@ -98,7 +98,7 @@ class ModelWatcher:
         self._on_change = on_change
         self.current: LoadedModel | None = None
         self.reload_error: str | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._watcher = Periodic("alias-watch", poll_interval, self.check_once)
 
     async def load_initial(self) -> LoadedModel:
         """First load; raises on failure (a server with no model cannot serve)."""
@@ -107,15 +107,11 @@ class ModelWatcher:
         return model
 
     def start_watching(self) -> None:
-        if self.ref.alias is not None and self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._watch(), name="alias-watch")
+        if self.ref.alias is not None:
+            self._watcher.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._watcher.stop()
 
     async def check_once(self) -> bool:
         """Reload if the alias moved; True when a new version now serves."""
@@ -144,14 +140,6 @@ class ModelWatcher:
         return True
 
     _failed_target: str | None = None
-
-    async def _watch(self) -> None:
-        while True:
-            await asyncio.sleep(self.poll_interval)
-            try:
-                await self.check_once()
-            except Exception:  # the watcher must outlive any surprise
-                log.exception("alias_watch_failed", ref=str(self.ref))
 
     def _swap(self, model: LoadedModel, error: str | None) -> None:
         old, self.current = self.current, model
