@@ -229,9 +229,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=10.0, help="deadline, seconds")
     p.add_argument("--json", action="store_true", help="print the answer as JSON")
 
-    p = sub.add_parser("demo", help="train, serve and forecast on one machine")
+    p = sub.add_parser("demo", help="a canary promoted and one rolled back, live, on one machine")
     p.add_argument("--workdir", type=Path, default=Path(".cache/demo"), help="registry and cache")
-    p.add_argument("--quick", action="store_true", help="a smaller model, for tests")
+    p.add_argument("--report", type=Path, help="report folder (default: WORKDIR/report)")
+    p.add_argument("--quick", action="store_true", help="shorter rollouts (two steps), for tests")
     return parser
 
 
@@ -567,7 +568,7 @@ def cmd_forecast(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from canarycast.demo import run_demo
 
-    return run_demo(args.workdir, quick=args.quick)
+    return run_demo(args.workdir, quick=args.quick, report_dir=args.report)
 
 
 COMMANDS = {

@@ -1,179 +1,426 @@
-"""`make demo`: train an LSTM on real data, serve it, forecast, compare with the truth.
+"""`make demo`: the whole story on one machine, live.
 
-Everything on one machine, on loopback, through the production code path: the
-model is trained on seattle-temps (hourly temperatures of 2010, shipped inside
-the vega_datasets wheel), registered, served by a `canarycast serve` child
-process, and called with the generated client on days of the test period the
-model never saw. A second run reuses the registered model (same data, recipe
-and code → same recipe key) instead of retraining.
+Three models are trained on real data (the hourly temperatures of Seattle and San
+Francisco in 2010, shipped inside the vega_datasets wheel), or reused from the
+registry when their inputs are unchanged:
+
+- v1, the stable model: last quarter's quick recipe (one epoch);
+- v2, candidate A: the full recipe, genuinely better;
+- v3, candidate B: a crippled recipe (short window, 4 units, one epoch of 128
+  windows), genuinely worse than v2.
+
+Then the stable and canary model servers and the router (with its embedded
+analyzer and controller) start as real processes on loopback, and the test period
+of both series, which no model saw in training, is replayed as a live stream:
+each tick the client asks for forecasts, then reports what really happened
+(Observe). Act 1 rolls out v2 until it is promoted; act 2 rolls out v3 until it is
+rolled back. Every process is stopped, and a report folder gets a JSON record of
+both rollouts and a plot of each.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
+import math
+import secrets
 import sys
 import time
-from dataclasses import replace
+from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.request import urlopen
+from typing import Any
 
 import numpy as np
 
-from canarycast.client import ForecastClient, SeriesData
-from canarycast.processes import ProcessFailed, start_component
-from server.data import Series, load_dataset, split_points
+from canarycast.processes import Component, ProcessFailed, start_component
+from canarycast.replay import Replayer, ReplaySeries
+from canarycast.rollout_client import FINAL, RolloutClient, phase_name
+from canarycast.v1 import forecast_pb2 as pb
+from canarycast.v1 import rollout_pb2 as rpb
+from server.data import Dataset, load_dataset, split_points
+from server.model import ModelConfig
 from server.pipeline import config_for, find_by_recipe, recipe_key, train_and_register
-from server.registry import Registry
-from server.scoring import seasonal_naive_forecast
+from server.registry import ModelVersion, Registry
 from server.training import TrainParams
 
-DATASET = "seattle-temps"
-MODEL = "seattle-temps"
-SHOW_STEPS = (1, 6, 12, 24)
+DATASET = "hourly-temps"
+MODEL = "temps"
+HORIZON = 6
 
 
 def say(text: str = "") -> None:
     print(text, flush=True)
 
 
-def run_demo(workdir: Path, *, quick: bool = False) -> int:
+@dataclass(frozen=True)
+class Recipe:
+    label: str
+    story: str
+    overrides: dict[str, Any]
+    params: TrainParams
+
+
+RECIPES = (
+    Recipe(
+        "v1",
+        "stable: last quarter's quick recipe (1 epoch)",
+        {"hidden": 8, "layers": 1},
+        TrainParams(epochs=1, max_windows_per_epoch=512),
+    ),
+    Recipe(
+        "v2", "candidate A: the full recipe (up to 30 epochs, early stopping)", {}, TrainParams()
+    ),
+    Recipe(
+        "v3",
+        "candidate B: a crippled recipe (25-hour window, 4 units, 1 epoch of 128 windows)",
+        {"hidden": 4, "layers": 1, "lookback": 25},
+        TrainParams(epochs=1, max_windows_per_epoch=128),
+    ),
+)
+
+
+def policy(quick: bool) -> dict[str, Any]:
+    return {
+        "steps": [0.5, 1.0] if quick else [0.1, 0.25, 0.5, 1.0],
+        "min_step_seconds": 1.0 if quick else 3.0,
+        "max_step_seconds": 60.0,
+        "tick_seconds": 0.25,
+        "stall_hold_seconds": 20.0,
+        "stall_rollback_seconds": 60.0,
+        "promote_timeout": 20.0,
+    }
+
+
+@dataclass
+class Act:
+    """One rollout as the demo saw it: a timeline sampled from `rollout status`."""
+
+    name: str
+    candidate: str
+    story: str
+    outcome: str = ""
+    reason: str = ""
+    rollout_id: str = ""
+    served_after: str = ""
+    seconds: float = 0.0
+    ticks: int = 0
+    timeline: dict[str, list[float]] = field(
+        default_factory=lambda: {
+            k: []
+            for k in (
+                "t",
+                "weight",
+                "ratio",
+                "lower",
+                "upper",
+                "stable_error",
+                "canary_error",
+                "pairs",
+            )
+        }
+    )
+    decisions: list[dict[str, Any]] = field(default_factory=list)
+
+    def sample(self, t: float, s: rpb.RolloutStatus) -> None:
+        j = s.judgement
+        row = {
+            "t": t,
+            "weight": s.canary_weight,
+            "ratio": j.ratio if j.has_ratio else math.nan,
+            "lower": j.lower if j.has_ratio else math.nan,
+            "upper": j.upper if j.has_ratio and math.isfinite(j.upper) else math.nan,
+            "stable_error": s.stable.mean_scaled_error if s.stable.scored_forecasts else math.nan,
+            "canary_error": s.canary.mean_scaled_error if s.canary.scored_forecasts else math.nan,
+            "pairs": float(j.samples if j.method == "paired" else 0),
+        }
+        for key, value in row.items():
+            self.timeline[key].append(value)
+
+
+def train_models(registry: Registry, dataset: Dataset) -> dict[str, ModelVersion]:
+    models = {}
+    for recipe in RECIPES:
+        config = config_for(dataset, **recipe.overrides)
+        key = recipe_key(dataset, config, recipe.params)
+        version = find_by_recipe(registry, MODEL, key)
+        if version is None:
+            started = time.monotonic()
+            version = train_and_register(
+                dataset, config, recipe.params, registry, MODEL, progress=sys.stderr.isatty()
+            )
+            how = f"trained in {time.monotonic() - started:.1f} s"
+        else:
+            how = "reused (same data, recipe and code)"
+        s = version.metadata["scores"]
+        say(
+            f"   {recipe.label} {version.version}  {recipe.story}\n"
+            f"      {how}; test split: MASE {s['mase']:.3f}, "
+            f"MAE / seasonal-naive MAE {s['relmae_snaive']:.3f}, MAE {s['mae']:.2f} °F"
+        )
+        models[recipe.label] = version
+    return models
+
+
+def panel(act: Act, s: rpb.RolloutStatus, t: float) -> str:
+    j = s.judgement
+    ratio = "-"
+    if j.has_ratio:
+        upper = "inf" if math.isinf(j.upper) else f"{j.upper:.2f}"
+        ratio = f"{j.ratio:.2f} [{j.lower:.2f}, {upper}]"
+    return (
+        f"   {t:5.1f}s  {phase_name(s.phase):<11} step {s.step}/{len(s.steps)}  "
+        f"weight {s.canary_weight:4.2f}  pairs {j.samples if j.method == 'paired' else 0:4d}  "
+        f"canary/stable error {ratio:<20} {j.verdict or '-'}"
+    )
+
+
+async def run_act(
+    act: Act, replayer: Replayer, client: RolloutClient, *, max_seconds: float = 180.0
+) -> None:
+    say(f"\n== {act.name}: roll out {act.candidate} ({act.story})")
+    await asyncio.to_thread(client.start, f"{MODEL}:{act.candidate}", "demo")
+    started = time.monotonic()
+    last_print = -10.0
+    last_decision = None
+    status = await asyncio.to_thread(client.status)
+    while time.monotonic() - started < max_seconds:
+        await replayer.tick()
+        act.ticks += 1
+        await asyncio.sleep(0.02)  # time compressed: an hour of data every ~40 ms
+        if act.ticks % 4:
+            continue
+        status = await asyncio.to_thread(client.status)
+        t = time.monotonic() - started
+        act.sample(t, status)
+        decision = (status.last_decision.action, status.last_decision.reason)
+        if decision != last_decision and decision[0] not in ("hold", "start"):
+            say(f"   {t:5.1f}s  decision: {decision[0]}: {decision[1]}")
+        last_decision = decision
+        if t - last_print >= 1.0:
+            say(panel(act, status, t))
+            last_print = t
+        if status.phase in FINAL:
+            break
+    act.seconds = time.monotonic() - started
+    act.outcome = phase_name(status.phase)
+    act.reason = status.outcome_reason
+    act.rollout_id = status.rollout_id
+
+
+async def stable_version(target: str) -> str:
+    import grpc
+
+    from canarycast.headers import VARIANT_HEADER
+    from canarycast.v1 import forecast_pb2_grpc as pb_grpc
+
+    async with grpc.aio.insecure_channel(target) as channel:
+        info = await pb_grpc.ForecasterStub(channel).GetModel(
+            pb.GetModelRequest(), metadata=((VARIANT_HEADER, "stable"),), timeout=10
+        )
+    return str(info.model.version)
+
+
+async def story(
+    router: Component,
+    token: str,
+    series: list[ReplaySeries],
+    start: int,
+    lookback: int,
+    models: dict[str, ModelVersion],
+) -> tuple[list[Act], list[str]]:
+    client = RolloutClient(router.target, token, timeout=30)
+    replayer = Replayer(router.target, series, lookback=lookback, horizon=HORIZON, start=start)
+    acts = [
+        Act("Act 1", models["v2"].version, "the better candidate"),
+        Act("Act 2", models["v3"].version, "the worse candidate"),
+    ]
+    try:
+        for _ in range(HORIZON + 2):  # warm up: forecasts and actuals flowing before act 1
+            await replayer.tick()
+        await run_act(acts[0], replayer, client)
+        acts[0].served_after = await stable_version(router.target)
+        say(f"   the stable servers now answer with {acts[0].served_after}")
+        await run_act(acts[1], replayer, client)
+        acts[1].served_after = await stable_version(router.target)
+    finally:
+        await replayer.close()
+        client.close()
+    say(
+        f"   replayed {replayer.stats.ticks} hours of {len(series)} series: "
+        f"{replayer.stats.calls} forecast calls, {replayer.stats.observed} observed values, "
+        f"{len(replayer.stats.failures)} failed calls"
+    )
+    return acts, replayer.stats.failures
+
+
+def plot_act(act: Act, path: Path, tolerance: float) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tl = {k: np.asarray(v, dtype=float) for k, v in act.timeline.items()}
+    fig, axes = plt.subplots(3, 1, figsize=(9, 8), sharex=True)
+    axes[0].step(tl["t"], tl["weight"] * 100, where="post", color="tab:orange")
+    axes[0].set_ylabel("canary weight (%)")
+    axes[0].set_ylim(-5, 105)
+    axes[1].plot(tl["t"], tl["stable_error"], label="stable (paired, this step)")
+    axes[1].plot(tl["t"], tl["canary_error"], label=f"canary {act.candidate}")
+    axes[1].set_ylabel("mean scaled error")
+    axes[1].legend(loc="upper right")
+    axes[2].plot(tl["t"], tl["ratio"], color="black", label="canary / stable")
+    axes[2].fill_between(tl["t"], tl["lower"], tl["upper"], alpha=0.25, label="judge's interval")
+    axes[2].axhline(1 + tolerance, color="tab:red", linestyle="--", label="1 + tolerance")
+    axes[2].set_ylabel("error ratio")
+    axes[2].set_xlabel("seconds since the rollout started")
+    finite = tl["upper"][np.isfinite(tl["upper"])]
+    top = max(2.0, float(np.nanmax(finite)) * 1.05) if finite.size else 2.0
+    axes[2].set_ylim(0, min(top, 4.0))
+    axes[2].legend(loc="upper right")
+    fig.suptitle(
+        f"{act.name}: {act.candidate} {act.outcome.replace('_', ' ')} — {act.reason}", fontsize=10
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def run_demo(workdir: Path, *, quick: bool = False, report_dir: Path | None = None) -> int:
+    workdir.mkdir(parents=True, exist_ok=True)
+    report_dir = report_dir or workdir / "report"
     registry_dir = workdir / "registry"
     registry = Registry(registry_dir)
     dataset = load_dataset(DATASET)
-    series = dataset.series[0]
-    config = config_for(dataset)
-    if quick:
-        config = replace(config, hidden=16, layers=1, lookback=48)
-    params = TrainParams(epochs=2, max_windows_per_epoch=1024) if quick else TrainParams()
+    say("canarycast demo: two candidates meet live traffic; one is promoted, one rolled back")
+    say(f"\n== Models, trained on real data: {dataset.source}")
+    models = train_models(registry, dataset)
+    registry.set_alias(MODEL, "stable", models["v1"].version)
+    registry.set_alias(MODEL, "canary", models["v1"].version)
 
-    say(f"== 1. Train an LSTM on real data: {dataset.source}")
-    say(
-        f"   {len(series)} hourly values, {str(series.timestamps[0])[:16]} .. "
-        f"{str(series.timestamps[-1])[:16]} (smooth, like climate normals, so"
-    )
-    say("   errors are tenths of a degree and yesterday-same-hour is a strong baseline)")
-    key = recipe_key(dataset, config, params)
-    version = find_by_recipe(registry, MODEL, key)
-    if version is not None:
-        say(f"   reusing {MODEL}:{version.version} (same data, recipe and code as before)")
-    else:
-        started = time.monotonic()
-        version = train_and_register(dataset, config, params, registry, MODEL, progress=True)
-        say(f"   trained in {time.monotonic() - started:.1f} s")
-    registry.set_alias(MODEL, "stable", version.version)
-    scores = version.metadata["scores"]
-    say(f"   registered {MODEL}:{version.version}, alias stable -> {version.version}")
-    say(
-        f"   offline test scores: MAE {scores['mae']:.2f} °F, RMSE {scores['rmse']:.2f}, "
-        f"sMAPE {scores['smape']:.1f} %, MASE {scores['mase']:.3f}, "
-        f"MAE / seasonal-naive MAE {scores['relmae_snaive']:.3f}"
-    )
-    verdict = "beats" if scores["relmae_snaive"] < 1 and scores["mase"] < 1 else "does NOT beat"
-    say(f"   -> the model {verdict} the seasonal-naive forecast (yesterday, same hour)")
-
-    say("\n== 2. Start the model server (a real gRPC server on loopback)")
+    token = secrets.token_hex(16)
+    state = workdir / "rollouts.db"
+    for stale in (state, state.with_suffix(".db-wal"), state.with_suffix(".db-shm")):
+        stale.unlink(missing_ok=True)
+    policy_file = workdir / "policy.json"
+    policy_file.write_text(json.dumps(policy(quick)))
+    say("\n== Processes on loopback (free ports): stable server, canary server, router")
+    components: list[Component] = []
+    codes: dict[str, int] = {}
     try:
-        server = start_component(
-            "server",
-            [
-                "serve",
-                "--registry",
-                str(registry_dir),
-                "--model",
-                f"{MODEL}@stable",
-                "--port",
-                "0",
-                "--metrics-port",
-                "0",
-            ],
+        for alias in ("stable", "canary"):
+            components.append(
+                start_component(
+                    f"{alias} server",
+                    [
+                        "serve",
+                        "--registry",
+                        str(registry_dir),
+                        "--model",
+                        f"{MODEL}@{alias}",
+                        "--port",
+                        "0",
+                        "--reload-interval",
+                        "0.2",
+                        "--grace",
+                        "2",
+                    ],
+                )
+            )
+        components.append(
+            start_component(
+                "router",
+                [
+                    "route",
+                    "--port",
+                    "0",
+                    "--metrics-port",
+                    "0",
+                    "--stable",
+                    components[0].target,
+                    "--canary",
+                    components[1].target,
+                    "--registry",
+                    str(registry_dir),
+                    "--model",
+                    MODEL,
+                    "--state",
+                    str(state),
+                    "--policy",
+                    str(policy_file),
+                    "--grace",
+                    "2",
+                ],
+                env={"CANARYCAST_ADMIN_TOKEN": token},
+            )
         )
+        for c in components:
+            say(f"   {c.name:<14} {c.target}  (pid {c.process.pid})")
+        say(f"   router metrics: http://127.0.0.1:{components[2].metrics_port}/metrics")
+        lookback = max(ModelConfig.from_dict(m.config).lookback for m in models.values())
+        _, val_end = split_points(len(dataset.series[0]))
+        series = [ReplaySeries(s.series_id, s.timestamps, s.values) for s in dataset.series]
+        say(
+            f"   replaying the test period of {', '.join(s.series_id for s in series)} "
+            f"from {str(series[0].timestamps[val_end])[:16]}, never seen in training"
+        )
+        acts, failures = asyncio.run(story(components[2], token, series, val_end, lookback, models))
     except ProcessFailed as exc:
-        say(f"   the server did not start: {exc}")
+        say(f"   a process did not start: {exc}")
         return 1
-    say(f"   serving on {server.target}, metrics on http://127.0.0.1:{server.metrics_port}/metrics")
-    try:
-        code = _forecast_calls(server.target, series, dataset.season_length)
-        if server.metrics_port is not None:
-            body = urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5).read()
-            batches = [
-                line
-                for line in body.decode().splitlines()
-                if line.startswith(
-                    ("canarycast_server_batch_size_count", "canarycast_server_calls_total")
-                )
-            ]
-            say("\n== 4. A few Prometheus metrics of the server")
-            for line in batches:
-                say(f"   {line}")
     finally:
-        say("\n== 5. Stop the server (SIGTERM: NOT_SERVING, drain, exit)")
-        exit_code = server.stop()
-        say(f"   server exited with code {exit_code}")
-    return code if exit_code == 0 else 1
+        say("\n== Stopping every process (SIGTERM: drain, exit)")
+        for c in reversed(components):
+            codes[c.name] = c.stop(30)
+            say(f"   {c.name:<14} exited with code {codes[c.name]}")
 
+    from router.store import RolloutStore
 
-def _forecast_calls(target: str, series: Series, season_length: int) -> int:
-    with ForecastClient(target) as client:
-        info = client.model_info()
-        lookback, horizon = info.lookback, info.max_horizon
+    store = RolloutStore(state)
+    for act in acts:
+        act.decisions = [
+            {
+                "at": d.at,
+                "action": d.action,
+                "reason": d.reason,
+                "actor": d.actor,
+                "weight": d.weight,
+            }
+            for d in store.decisions(act.rollout_id)
+        ]
+    store.close()
+    report_dir.mkdir(parents=True, exist_ok=True)
+    tolerance = 0.05
+    record = {
+        "dataset": dataset.source,
+        "models": {
+            k: {"version": v.version, "scores": v.metadata["scores"]} for k, v in models.items()
+        },
+        "failed_calls": len(failures),
+        "exit_codes": codes,
+        "acts": [
+            {k: v for k, v in vars(act).items()}
+            | {"plot": f"{act.name.lower().replace(' ', '')}.png"}
+            for act in acts
+        ],
+    }
+    (report_dir / "rollouts.json").write_text(json.dumps(record, indent=2, default=float))
+    for act in acts:
+        plot_act(act, report_dir / f"{act.name.lower().replace(' ', '')}.png", tolerance)
+    say("\n== Summary")
+    for act in acts:
         say(
-            f"   model {info.model.name}:{info.model.version}, lookback {lookback}, "
-            f"max horizon {horizon}, quantiles {list(info.quantiles)}"
+            f"   {act.name}: {act.candidate} {act.outcome} after {act.seconds:.0f} s "
+            f"({act.ticks} hours replayed): {act.reason}"
         )
-        _, val_end = split_points(len(series))
-        origins = np.linspace(val_end + lookback, len(series) - horizon, 4).astype(int)
-        say(f"\n== 3. Forecast {horizon} hours ahead on test days the model never saw")
-        model_errors, naive_errors = [], []
-        for origin in origins:
-            start = origin - lookback
-            history = series.values[start:origin]
-            [f] = client.forecast(
-                [SeriesData(series.series_id, history, start=series.timestamps[start])],
-                horizon,
-                quantiles=(0.1, 0.9),
-            )
-            actual = series.values[origin : origin + horizon]
-            naive = seasonal_naive_forecast(series.values[:origin], horizon, season_length)
-            model_errors.append(np.abs(f.point - actual))
-            naive_errors.append(np.abs(naive - actual))
-            assert f.timestamps is not None
-            say(
-                f"\n   {horizon} h after {str(series.timestamps[origin - 1])[:16]} "
-                f"(forecast id {f.forecast_id[:8]}…)"
-            )
-            say("     ahead   time               forecast  80% interval      actual")
-            for step in SHOW_STEPS:
-                i = step - 1
-                say(
-                    f"     +{step:>2}h    {str(f.timestamps[i])[:16]}   {f.point[i]:6.1f}"
-                    f"    [{f.quantiles[0.1][i]:5.1f}, {f.quantiles[0.9][i]:5.1f}]"
-                    f"     {actual[i]:5.1f}"
-                )
-            accepted = client.observe(series.series_id, f.timestamps, actual)
-            say(
-                f"     MAE {np.mean(model_errors[-1]):.2f} °F (seasonal naive "
-                f"{np.mean(naive_errors[-1]):.2f}); Observe accepted {accepted} actual values"
-            )
-        # One call, several series: sf-temps was never trained on (per-window scaling).
-        sf = load_dataset("sf-temps").series[0]
-        origin = int(origins[-1])
-        both = client.forecast(
-            [
-                SeriesData(series.series_id, series.values[origin - lookback : origin]),
-                SeriesData(sf.series_id, sf.values[origin - lookback : origin]),
-            ],
-            horizon,
-        )
-        say("\n   one call with two series (sf-temps was never seen in training):")
-        for f, s in zip(both, (series, sf), strict=True):
-            mae = np.mean(np.abs(f.point - s.values[origin : origin + horizon]))
-            say(f"     {f.series_id:<14} MAE over {horizon} h: {mae:.2f} °F")
-        model_mae = float(np.mean(model_errors))
-        naive_mae = float(np.mean(naive_errors))
-        say(
-            f"\n   over these {len(origins)} days: model MAE {model_mae:.2f} °F, "
-            f"seasonal naive {naive_mae:.2f} °F"
-        )
-    return 0
+    say(f"   stable now serves {acts[-1].served_after}; failed client calls: {len(failures)}")
+    say(f"   report: {report_dir}/rollouts.json, act1.png, act2.png")
+    ok = (
+        acts[0].outcome == "promoted"
+        and acts[1].outcome == "rolled_back"
+        and not failures
+        and all(code == 0 for code in codes.values())
+    )
+    return 0 if ok else 1
 
 
 def main() -> None:

@@ -159,6 +159,7 @@ class _Half:
     timestamps: np.ndarray
     errors: np.ndarray
     at: float
+    version: int  # index into Analyzer._versions
 
 
 class _Metrics:
@@ -233,9 +234,11 @@ class Analyzer:
         self._halves: OrderedDict[tuple[str, str], _Half] = OrderedDict()
         # forecast ids recently scored or evicted, to drop duplicate spans
         self._done: OrderedDict[str, float] = OrderedDict()
-        # scored samples: (time, variant 0/1, series index, error)
-        self._scored = _Columns(4, max_scored)
-        self._pairs = _Columns(3, max_scored)  # (time, stable error, canary error)
+        # scored samples: (time, variant 0/1, series index, error, model version index)
+        self._scored = _Columns(5, max_scored)
+        # (time, stable error, canary error, stable version index, canary version index)
+        self._pairs = _Columns(5, max_scored)
+        self._versions: dict[str, int] = {}
         self._calls = _Columns(4, max_scored)  # (time, variant 0/1, ok 0/1, latency)
         self._series: dict[str, int] = {}
         self._scored_counts = dict.fromkeys(VARIANTS, 0)
@@ -312,13 +315,34 @@ class Analyzer:
 
     # -- output --
 
-    def evidence(self, since: float) -> Evidence:
-        """What the judge needs, from everything scored at clock time >= since."""
+    def evidence(
+        self,
+        since: float,
+        *,
+        stable_version: str | None = None,
+        canary_version: str | None = None,
+    ) -> Evidence:
+        """What the judge needs, from everything scored at clock time >= since.
+
+        With versions given, only forecasts of those model versions count: right after
+        a rollout starts, the canary servers may still answer with the old version.
+        """
         with self._lock:
             self._expire(self._clock())
-            pairs = self._pairs.since(since)[:, 1:3].copy()
+            pairs = self._pairs.since(since)
             scored = self._scored.since(since)
             calls = self._calls.since(since)
+            wanted = [
+                self._versions.get(v, -1) if v is not None else None
+                for v in (stable_version, canary_version)
+            ]
+        for column, index in ((3, wanted[0]), (4, wanted[1])):
+            if index is not None:
+                pairs = pairs[pairs[:, column] == index]
+        for variant, index in enumerate(wanted):
+            if index is not None:
+                scored = scored[(scored[:, 1] != variant) | (scored[:, 4] == index)]
+        pairs = pairs[:, 1:3].copy()
         series = [_series_means(scored[scored[:, 1] == v]) for v in range(len(VARIANTS))]
         stats = [_call_stats(calls[calls[:, 1] == v]) for v in range(len(VARIANTS))]
         return Evidence(
@@ -441,7 +465,8 @@ class Analyzer:
         errors = pending.errors[matched]
         variant = VARIANTS.index(record.variant)
         series = self._series.setdefault(record.series_id, len(self._series))
-        self._scored.append((now, variant, series, float(errors.mean())))
+        version = self._versions.setdefault(record.model_version, len(self._versions))
+        self._scored.append((now, variant, series, float(errors.mean()), version))
         self._scored_counts[record.variant] += 1
         self._metrics.scored.labels(record.variant).inc()
         self._mark_done(record.forecast_id, now)
@@ -451,7 +476,7 @@ class Analyzer:
         timestamps = np.asarray(record.timestamps, dtype=np.int64)[matched]
         other = self._halves.get(key)
         if other is None or other.variant == record.variant:
-            self._halves[key] = _Half(record.variant, timestamps, errors, now)
+            self._halves[key] = _Half(record.variant, timestamps, errors, now, version)
             while len(self._halves) > self.max_pending:
                 self._halves.popitem(last=False)
             return
@@ -461,8 +486,11 @@ class Analyzer:
         if not len(mine):
             return
         own, partner = float(errors[mine].mean()), float(other.errors[theirs].mean())
-        stable, canary = (own, partner) if record.variant == STABLE else (partner, own)
-        self._pairs.append((now, stable, canary))
+        if record.variant == STABLE:
+            stable, canary, versions = own, partner, (version, other.version)
+        else:
+            stable, canary, versions = partner, own, (other.version, version)
+        self._pairs.append((now, stable, canary, *versions))
         self._pair_count += 1
         self._metrics.pairs.inc()
 

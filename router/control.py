@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import numpy as np
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from canarycast.headers import metadata_value
@@ -171,18 +172,22 @@ def status_to_proto(status: Status) -> rpb.RolloutStatus:
         out.last_decision.CopyFrom(decision)
     if status.evidence is not None:
         e = status.evidence
-        out.stable.CopyFrom(_samples(e.stable, len(e.pairs) or len(e.stable_series)))
-        out.canary.CopyFrom(_samples(e.canary, len(e.pairs) or len(e.canary_series)))
+        column = {"stable": 0, "canary": 1}
+        for variant, stats, series in (
+            ("stable", e.stable, e.stable_series),
+            ("canary", e.canary, e.canary_series),
+        ):
+            errors = e.pairs[:, column[variant]] if len(e.pairs) else series
+            getattr(out, variant).CopyFrom(
+                rpb.VariantSamples(
+                    calls=stats.calls,
+                    errors=stats.errors,
+                    p99_latency_seconds=stats.p99_latency or 0.0,
+                    scored_forecasts=len(errors),
+                    mean_scaled_error=float(np.mean(errors)) if len(errors) else 0.0,
+                )
+            )
     return out
-
-
-def _samples(stats: Any, scored: int) -> rpb.VariantSamples:
-    return rpb.VariantSamples(
-        calls=stats.calls,
-        errors=stats.errors,
-        p99_latency_seconds=stats.p99_latency or 0.0,
-        scored_forecasts=scored,
-    )
 
 
 class RolloutControlServicer(rpb_grpc.RolloutControlServicer):

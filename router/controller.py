@@ -106,7 +106,13 @@ class EvidenceSource(Protocol):
 
     last_span_at: float | None
 
-    def evidence(self, since: float) -> Evidence: ...
+    def evidence(
+        self,
+        since: float,
+        *,
+        stable_version: str | None = None,
+        canary_version: str | None = None,
+    ) -> Evidence: ...
 
 
 #: Asks the stable servers which version they serve (None: unknown).
@@ -277,7 +283,11 @@ class Controller:
                 return
             now = self.clock()
             in_step = now - record.step_started_at
-            self.evidence = evidence = self.analyzer.evidence(since=record.step_started_at)
+            self.evidence = evidence = self.analyzer.evidence(
+                since=record.step_started_at,
+                stable_version=record.stable_version,
+                canary_version=record.candidate_version,
+            )
             self.judgement = verdict = judge(self.policy.judge, evidence)
             self._observe_evidence(evidence, verdict)
             record.judgement = json.dumps(asdict(verdict), default=str)

@@ -47,6 +47,7 @@ BUNDLED_DATASETS: tuple[str, ...] = (
     "seattle-temps",
     "sf-temps",
     "seattle-weather",
+    "hourly-temps",
     "us-employment",
 )
 LONG_FORMAT_COLUMNS: tuple[str, str, str] = ("unique_id", "ds", "y")
@@ -249,6 +250,27 @@ _BUNDLED: dict[str, _Bundled] = {
 }
 
 
+#: Bundled datasets made of several of the files above (same frequency, same period).
+_COMBINED: dict[str, tuple[str, ...]] = {
+    "hourly-temps": ("seattle-temps", "sf-temps"),
+}
+
+
+@cache
+def _load_combined(name: str) -> Dataset:
+    """Several bundled files as one dataset of several series (their repairs add up)."""
+    parts = [_load_bundled(part) for part in _COMBINED[name]]
+    return _make_dataset(
+        name,
+        [series for part in parts for series in part.series],
+        parts[0].freq,
+        " + ".join(part.source for part in parts),
+        filled=sum(part.filled_points for part in parts),
+        merged=sum(part.merged_points for part in parts),
+        notes="; ".join(f"{part.name}: {part.notes}" for part in parts),
+    )
+
+
 def _fmt_times(times: Sequence[pd.Timestamp], limit: int = 5) -> str:
     shown = ", ".join(str(t) for t in times[:limit])
     return shown + (f" and {len(times) - limit} more" if len(times) > limit else "")
@@ -323,6 +345,8 @@ def load_dataset(name_or_path: str | os.PathLike[str]) -> Dataset:
     """A bundled name, or a path to a CSV or Parquet file in long format."""
     if isinstance(name_or_path, str) and name_or_path in _BUNDLED:
         return _load_bundled(name_or_path)
+    if isinstance(name_or_path, str) and name_or_path in _COMBINED:
+        return _load_combined(name_or_path)
     path = Path(name_or_path)
     if path.suffix or path.exists() or len(path.parts) > 1:
         return read_long_format(path)

@@ -104,16 +104,18 @@ class Judgement(_message.Message):
     def __init__(self, verdict: _Optional[str] = ..., reason: _Optional[str] = ..., method: _Optional[str] = ..., weaker: _Optional[bool] = ..., samples: _Optional[int] = ..., has_ratio: _Optional[bool] = ..., ratio: _Optional[float] = ..., lower: _Optional[float] = ..., upper: _Optional[float] = ..., guardrail: _Optional[str] = ...) -> None: ...
 
 class VariantSamples(_message.Message):
-    __slots__ = ("calls", "errors", "p99_latency_seconds", "scored_forecasts")
+    __slots__ = ("calls", "errors", "p99_latency_seconds", "scored_forecasts", "mean_scaled_error")
     CALLS_FIELD_NUMBER: _ClassVar[int]
     ERRORS_FIELD_NUMBER: _ClassVar[int]
     P99_LATENCY_SECONDS_FIELD_NUMBER: _ClassVar[int]
     SCORED_FORECASTS_FIELD_NUMBER: _ClassVar[int]
+    MEAN_SCALED_ERROR_FIELD_NUMBER: _ClassVar[int]
     calls: int
     errors: int
     p99_latency_seconds: float
     scored_forecasts: int
-    def __init__(self, calls: _Optional[int] = ..., errors: _Optional[int] = ..., p99_latency_seconds: _Optional[float] = ..., scored_forecasts: _Optional[int] = ...) -> None: ...
+    mean_scaled_error: float
+    def __init__(self, calls: _Optional[int] = ..., errors: _Optional[int] = ..., p99_latency_seconds: _Optional[float] = ..., scored_forecasts: _Optional[int] = ..., mean_scaled_error: _Optional[float] = ...) -> None: ...
 
 class DecisionRecord(_message.Message):
     __slots__ = ("at", "action", "reason", "actor", "weight")

@@ -379,3 +379,26 @@ def test_a_timestamp_given_twice_in_one_forecast(analyzer: Analyzer) -> None:
     analyzer.add_observation(observe((3.0,), start=T0 + S))
     assert analyzer.stats().scored["stable"] == 1
     np.testing.assert_allclose(analyzer.evidence(0.0).stable_series, [(1 + 0 + 3) / 3])
+
+
+def test_evidence_counts_only_the_versions_under_test(analyzer: Analyzer) -> None:
+    from dataclasses import replace
+
+    # call 1: the canary servers still answered with the old version (v1, before reload)
+    analyzer.add_forecast(forecast("s1", (1.0,), call="c1"))
+    analyzer.add_forecast(forecast("c1", (1.0,), variant="canary", call="c1"))
+    # call 2: the candidate (v2) answers
+    analyzer.add_forecast(forecast("s2", (1.0,), call="c2", start=T0 + S))
+    analyzer.add_forecast(
+        replace(
+            forecast("c2", (3.0,), variant="canary", call="c2", start=T0 + S), model_version="v2"
+        )
+    )
+    analyzer.add_observation(observe((2.0, 2.0)))
+    everything = analyzer.evidence(since=0.0)
+    assert everything.pairs.tolist() == [[1.0, 1.0], [1.0, 1.0]]
+    assert len(everything.canary_series) == 1
+    tested = analyzer.evidence(since=0.0, stable_version="v1", canary_version="v2")
+    assert tested.pairs.tolist() == [[1.0, 1.0]]
+    assert tested.canary_series.tolist() == [1.0]  # only c2: |2 - 3| / 1
+    assert analyzer.evidence(since=0.0, canary_version="v9").pairs.shape == (0, 2)

@@ -69,12 +69,20 @@ class Analyzer:
     clock: Clock
     current: Evidence = field(default_factory=Evidence.empty)
     silent: bool = False
+    asked: tuple[str | None, str | None] = (None, None)
 
     @property
     def last_span_at(self) -> float | None:
         return None if self.silent else self.clock.now
 
-    def evidence(self, since: float) -> Evidence:
+    def evidence(
+        self,
+        since: float,
+        *,
+        stable_version: str | None = None,
+        canary_version: str | None = None,
+    ) -> Evidence:
+        self.asked = (stable_version, canary_version)
         return self.current
 
 
@@ -134,6 +142,7 @@ async def test_a_good_canary_steps_through_and_is_promoted(world: World) -> None
     assert (r.phase, r.step, r.weight) == (Phase.PROGRESSING, 0, 0.1)
     world.analyzer.current = GOOD
     await world.tick(5)  # verdict promote, but under the 10 s minimum: hold
+    assert world.analyzer.asked == (world.trained.v1.version, world.trained.v2.version)
     assert world.controller.record.step == 0
     assert "minimum" in world.controller.last_decision.reason
     await world.tick(6)

@@ -44,7 +44,13 @@ def _check_regular(ds: Dataset) -> None:
 
 
 def test_bundled_names() -> None:
-    assert BUNDLED_DATASETS == ("seattle-temps", "sf-temps", "seattle-weather", "us-employment")
+    assert BUNDLED_DATASETS == (
+        "seattle-temps",
+        "sf-temps",
+        "seattle-weather",
+        "hourly-temps",
+        "us-employment",
+    )
 
 
 @pytest.mark.parametrize(
@@ -138,7 +144,9 @@ def test_series_is_read_only_and_get_lists_ids() -> None:
 
 
 def test_unknown_name_lists_bundled() -> None:
-    with pytest.raises(DataError, match=r"seattle-temps, sf-temps, seattle-weather, us-employment"):
+    with pytest.raises(
+        DataError, match=r"seattle-temps, sf-temps, seattle-weather, hourly-temps, us-employment"
+    ):
         load_dataset("seattle")
 
 
@@ -365,3 +373,14 @@ def test_bad_paths(tmp_path: Path) -> None:
     (tmp_path / "data.txt").write_text("unique_id,ds,y\n")
     with pytest.raises(DataError, match=r"unsupported file type '\.txt'"):
         load_dataset(tmp_path / "data.txt")
+
+
+def test_hourly_temps_pools_the_two_real_hourly_series() -> None:
+    combined = load_dataset("hourly-temps")
+    seattle, sf = load_dataset("seattle-temps"), load_dataset("sf-temps")
+    assert [s.series_id for s in combined.series] == ["seattle-temps", "sf-temps"]
+    assert combined.freq == "h" and combined.season_length == 24
+    np.testing.assert_array_equal(combined.series[0].values, seattle.series[0].values)
+    np.testing.assert_array_equal(combined.series[1].timestamps, sf.series[0].timestamps)
+    assert combined.filled_points == 2
+    assert combined.content_hash not in (seattle.content_hash, sf.content_hash)
