@@ -187,8 +187,6 @@ async def run_act(
         await replayer.tick()
         act.ticks += 1
         await asyncio.sleep(0.02)  # time compressed: an hour of data every ~40 ms
-        if act.ticks % 4:
-            continue
         status = await asyncio.to_thread(client.status)
         t = time.monotonic() - started
         act.sample(t, status)
@@ -264,19 +262,29 @@ def plot_act(act: Act, path: Path, tolerance: float) -> None:
     axes[0].step(tl["t"], tl["weight"] * 100, where="post", color="tab:orange")
     axes[0].set_ylabel("canary weight (%)")
     axes[0].set_ylim(-5, 105)
-    axes[1].plot(tl["t"], tl["stable_error"], label="stable (paired, this step)")
-    axes[1].plot(tl["t"], tl["canary_error"], label=f"canary {act.candidate}")
+    axes[1].plot(tl["t"], tl["stable_error"], ".-", label="stable (paired, this step)")
+    axes[1].plot(tl["t"], tl["canary_error"], ".-", label=f"canary {act.candidate}")
     axes[1].set_ylabel("mean scaled error")
-    axes[1].legend(loc="upper right")
-    axes[2].plot(tl["t"], tl["ratio"], color="black", label="canary / stable")
+    axes[1].legend(loc="best")
+    axes[2].plot(tl["t"], tl["ratio"], ".-", color="black", label="canary / stable")
     axes[2].fill_between(tl["t"], tl["lower"], tl["upper"], alpha=0.25, label="judge's interval")
+    known = np.isfinite(tl["lower"]) & np.isfinite(tl["upper"]) & np.isfinite(tl["ratio"])
+    axes[2].errorbar(
+        tl["t"][known],
+        tl["ratio"][known],
+        yerr=[tl["ratio"][known] - tl["lower"][known], tl["upper"][known] - tl["ratio"][known]],
+        fmt="none",
+        ecolor="tab:blue",
+        alpha=0.5,
+    )
     axes[2].axhline(1 + tolerance, color="tab:red", linestyle="--", label="1 + tolerance")
     axes[2].set_ylabel("error ratio")
     axes[2].set_xlabel("seconds since the rollout started")
-    finite = tl["upper"][np.isfinite(tl["upper"])]
-    top = max(2.0, float(np.nanmax(finite)) * 1.05) if finite.size else 2.0
-    axes[2].set_ylim(0, min(top, 4.0))
-    axes[2].legend(loc="upper right")
+    shown = np.concatenate([tl["ratio"], tl["upper"]])
+    shown = shown[np.isfinite(shown)]
+    top = max(2.0, float(shown.max()) * 1.1) if shown.size else 2.0
+    axes[2].set_ylim(0, min(top, 10.0))
+    axes[2].legend(loc="best")
     fig.suptitle(
         f"{act.name}: {act.candidate} {act.outcome.replace('_', ' ')} — {act.reason}", fontsize=10
     )

@@ -223,6 +223,7 @@ class Controller:
                 started_at=now,
             )
             self.judgement = None
+            self.evidence = None  # the last rollout's evidence is not this one's
             self.traffic.set_weight(first)
             await self._commit("start", f"rollout of {version.version} started", actor or "cli")
             return self.record

@@ -193,14 +193,3 @@ def test_serve_refuses_a_tampered_version_with_a_clear_error(
         )
     assert time.monotonic() - started < 60
     assert registry_copy.v1.version in str(err.value)
-
-
-def test_quick_demo_runs_end_to_end_and_reuses_its_model(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    first = canarycast("demo", "--quick", "--workdir", str(tmp_path), timeout=300)
-    assert first.returncode == 0, first.stdout + first.stderr
-    assert "registered seattle-temps:" in first.stdout
-    assert "Observe accepted 24 actual values" in first.stdout
-    assert "server exited with code 0" in first.stdout
-    second = canarycast("demo", "--quick", "--workdir", str(tmp_path), timeout=300)
-    assert second.returncode == 0
-    assert "reusing seattle-temps:" in second.stdout

@@ -171,6 +171,10 @@ async def test_a_worse_canary_is_rolled_back_with_weight_zero_first(world: World
     await world.tick(1)
     r = world.controller.record
     assert r.phase == Phase.ROLLED_BACK
+    assert world.controller.evidence is not None
+    await world.controller.start(f"{MODEL}:{world.trained.v2.version}")  # a new rollout
+    assert world.controller.evidence is None and world.controller.judgement is None
+    await world.controller.rollback("done with this test")
     assert world.traffic.weights[-1] == 0.0
     assert "ratio" in r.outcome_reason
     assert world.trained.registry.get_alias(MODEL, "stable") == world.trained.v1.version
