@@ -32,7 +32,12 @@ from typing import Any
 
 import numpy as np
 
-from canarycast.processes import Component, ProcessFailed, start_component
+from canarycast.processes import (
+    Component,
+    ProcessFailed,
+    start_component,
+    start_model_servers,
+)
 from canarycast.replay import Replayer, ReplaySeries
 from canarycast.rollout_client import FINAL, RolloutClient, phase_name
 from canarycast.v1 import forecast_pb2 as pb
@@ -315,25 +320,9 @@ def run_demo(workdir: Path, *, quick: bool = False, report_dir: Path | None = No
     components: list[Component] = []
     codes: dict[str, int] = {}
     try:
-        for alias in ("stable", "canary"):
-            components.append(
-                start_component(
-                    f"{alias} server",
-                    [
-                        "serve",
-                        "--registry",
-                        str(registry_dir),
-                        "--model",
-                        f"{MODEL}@{alias}",
-                        "--port",
-                        "0",
-                        "--reload-interval",
-                        "0.2",
-                        "--grace",
-                        "2",
-                    ],
-                )
-            )
+        components += start_model_servers(
+            registry_dir, MODEL, extra=["--reload-interval", "0.2", "--grace", "2"]
+        )
         components.append(
             start_component(
                 "router",

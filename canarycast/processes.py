@@ -97,3 +97,39 @@ def start_component(
             f"{name} did not start (exit code {process.poll()}):\n{component.tail()}"
         )
     return component
+
+
+def start_model_servers(
+    registry: str | os.PathLike[str],
+    model: str,
+    *,
+    aliases: Sequence[str] = ("stable", "canary"),
+    extra: Sequence[str] = (),
+) -> list[Component]:
+    """One `canarycast serve` process per alias of `model`, each on a free port.
+
+    If one fails to start, those already started are stopped before the error rises.
+    """
+    started: list[Component] = []
+    try:
+        for alias in aliases:
+            started.append(
+                start_component(
+                    f"{alias} server",
+                    [
+                        "serve",
+                        "--registry",
+                        str(registry),
+                        "--model",
+                        f"{model}@{alias}",
+                        "--port",
+                        "0",
+                        *extra,
+                    ],
+                )
+            )
+    except ProcessFailed:
+        for component in started:
+            component.stop(5)
+        raise
+    return started

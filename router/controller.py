@@ -158,6 +158,7 @@ class Controller:
         self.last_decision: DecisionRow | None = None
         self._changed = asyncio.Condition()
         self._ticker = Periodic("controller", self.policy.tick_seconds, self.tick)
+        self._hold_kind: str | None = None
         self._lock = asyncio.Lock()
         self.on_decision: Callable[[DecisionRow, RolloutRecord], None] | None = None
 
@@ -301,13 +302,16 @@ class Controller:
             elif verdict.verdict is Verdict.ROLLBACK:
                 await self._rollback(verdict.reason, "controller")
             elif silent >= self.policy.stall_hold_seconds:
-                await self._hold(f"holding: the analyzer received no spans for {silent:.0f} s")
+                await self._hold(
+                    "no-spans", f"holding: the analyzer received no spans for {silent:.0f} s"
+                )
             elif verdict.verdict is Verdict.PROMOTE and in_step >= self.policy.min_step_seconds:
                 await self._next_step(verdict.reason, "controller")
             elif verdict.verdict is Verdict.PROMOTE:
                 await self._hold(
+                    "min-time",
                     f"holding: {verdict.reason}, but only {in_step:.0f} s of the "
-                    f"{self.policy.min_step_seconds:.0f} s minimum in this step"
+                    f"{self.policy.min_step_seconds:.0f} s minimum in this step",
                 )
             elif in_step >= self.policy.max_step_seconds:
                 reason = (
@@ -319,12 +323,23 @@ class Controller:
                     record.phase = Phase.PAUSED
                     await self._commit("pause", reason, "controller")
             else:
-                await self._hold(f"holding: {verdict.reason}")
+                await self._hold(str(verdict.verdict), f"holding: {verdict.reason}")
 
-    async def _hold(self, reason: str) -> None:
-        # Holds are frequent: notify watchers, record only when the reason changes.
+    #: A hold of the same kind is recorded again at most this often (its reason text
+    #: carries live numbers that change every tick).
+    HOLD_RECORD_SECONDS = 30.0
+
+    async def _hold(self, kind: str, reason: str) -> None:
+        """Keep the step; record it when the kind of hold changes, else just notify."""
         last = self.last_decision
-        if last is None or last.action != "hold" or last.reason != reason:
+        fresh = (
+            last is None
+            or last.action != "hold"
+            or self._hold_kind != kind
+            or self.clock() - last.at >= self.HOLD_RECORD_SECONDS
+        )
+        self._hold_kind = kind
+        if fresh:
             await self._commit("hold", reason, "controller")
         else:
             await self._notify()

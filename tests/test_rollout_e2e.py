@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from canarycast.processes import Component, start_component
+from canarycast.processes import Component, start_component, start_model_servers
 from canarycast.replay import Replayer, ReplaySeries
 from canarycast.rollout_client import RolloutClient
 from canarycast.v1 import rollout_pb2 as rpb
@@ -63,25 +63,9 @@ def rollout_world(
     policy.write_text(json.dumps(POLICY))
     components: list[Component] = []
     try:
-        for alias in ("stable", "canary"):
-            components.append(
-                start_component(
-                    alias,
-                    [
-                        "serve",
-                        "--registry",
-                        str(registry_copy.root),
-                        "--model",
-                        f"{MODEL}@{alias}",
-                        "--port",
-                        "0",
-                        "--reload-interval",
-                        "0.2",
-                        "--grace",
-                        "1",
-                    ],
-                )
-            )
+        components += start_model_servers(
+            registry_copy.root, MODEL, extra=["--reload-interval", "0.2", "--grace", "1"]
+        )
         components.append(
             start_component(
                 "router",

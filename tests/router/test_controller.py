@@ -355,3 +355,24 @@ def test_policy_validation_and_files(tmp_path) -> None:  # type: ignore[no-untyp
     path.write_text(json.dumps({"stpes": [0.2]}))
     with pytest.raises(ValueError, match="unknown fields"):
         RolloutPolicy.from_file(path)
+
+
+async def test_repeated_holds_are_recorded_once_per_kind_and_every_30_s(world: World) -> None:
+    await world.controller.start(f"{MODEL}:{world.trained.v2.version}")
+
+    def actions() -> list[str]:
+        return [
+            d.action for d in world.controller.store.decisions(world.controller.record.rollout_id)
+        ]
+
+    world.analyzer.current = paired(0.95, n=10)  # too few pairs: inconclusive
+    await world.tick(1, times=5)
+    assert actions() == ["start", "hold"]
+    world.analyzer.current = GOOD  # a new kind: promote verdict, held by the 10 s minimum
+    await world.tick(1, times=3)
+    assert actions() == ["start", "hold", "hold"]
+    assert "minimum" in world.controller.last_decision.reason
+    world.controller.record.step_started_at = world.clock.now  # keep it under the minimum
+    world.analyzer.current = paired(0.95, n=10)
+    await world.tick(1, times=35)  # the same kind for 35 s: recorded again after 30 s
+    assert actions() == ["start", "hold", "hold", "hold", "hold"]

@@ -14,7 +14,7 @@ import grpc
 import numpy as np
 import pytest
 
-from canarycast.processes import Component, start_component
+from canarycast.processes import Component, start_component, start_model_servers
 from canarycast.v1 import forecast_pb2 as pb
 from canarycast.v1 import forecast_pb2_grpc as pb_grpc
 from router.app import RouterServer, RouterSettings
@@ -34,24 +34,7 @@ def request(i: int) -> pb.ForecastRequest:
 @pytest.fixture
 def servers(registry_copy: TrainedRegistry) -> Iterator[tuple[Component, Component]]:
     registry_copy.registry.set_alias(MODEL, "canary", registry_copy.v2.version)
-    started = []
-    for alias in ("stable", "canary"):
-        started.append(
-            start_component(
-                alias,
-                [
-                    "serve",
-                    "--registry",
-                    str(registry_copy.root),
-                    "--model",
-                    f"{MODEL}@{alias}",
-                    "--port",
-                    "0",
-                    "--grace",
-                    "1",
-                ],
-            )
-        )
+    started = start_model_servers(registry_copy.root, MODEL, extra=["--grace", "1"])
     yield started[0], started[1]
     for component in started:
         if component.process.poll() is None:
