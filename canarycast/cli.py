@@ -192,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument(
         "--wait",
         action="store_true",
-        help="block until it ends: exit 0 promoted, 1 rolled back",
+        help="block until it ends: exit 0 promoted, 1 rolled back (2: no rollout yet)",
     )
     promote = rsub.add_parser("promote", help="next step now")
     promote.add_argument("--full", action="store_true", help="straight to promoted")
@@ -422,6 +422,9 @@ def cmd_rollout(args: argparse.Namespace) -> int:
             if action == "status" and (args.watch or args.wait):
                 last = None
                 for status in client.watch():
+                    if status.phase in (rpb.IDLE, rpb.PHASE_UNSPECIFIED):
+                        print("canarycast rollout: no rollout has run yet", file=sys.stderr)
+                        return 2
                     if args.json:
                         print(json.dumps(status_dict(status)), flush=True)
                     elif args.watch:

@@ -246,6 +246,29 @@ def test_route_and_rollout_commands_speak_mtls(
         )
         assert ok.returncode == 0, ok.stderr
         assert "no rollout has run yet" in ok.stdout
+        never = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "canarycast.cli",
+                "rollout",
+                "--router",
+                router.target,
+                "--tls-ca",
+                str(pki["ca"]),
+                "--tls-cert",
+                str(pki["client_cert"]),
+                "--tls-key",
+                str(pki["client_key"]),
+                "status",
+                "--wait",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, **env},
+        )
+        assert never.returncode == 2 and "no rollout has run yet" in never.stderr
         refused = rollout("--tls-ca", str(pki["ca"]))  # no client certificate
         assert refused.returncode == 1 and "UNAVAILABLE" in refused.stderr
     finally:
