@@ -165,6 +165,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="admin token of the control API (default: $CANARYCAST_ADMIN_TOKEN)",
     )
     ctl.add_argument("--otlp-port", type=int, help="also receive spans over OTLP/gRPC on this port")
+    p.add_argument(
+        "--follow",
+        metavar="HOST:PORT",
+        help="take the canary weight from the router that runs the controller (replicas); "
+        "the admin token comes from --admin-token-file or $CANARYCAST_ADMIN_TOKEN",
+    )
     tls = p.add_argument_group("TLS on the router's port (Forecaster and RolloutControl)")
     tls.add_argument("--tls-cert", type=Path, help="server certificate, PEM")
     tls.add_argument("--tls-key", type=Path, help="server private key, PEM")
@@ -371,6 +377,8 @@ def cmd_route(args: argparse.Namespace) -> int:
             grace=args.grace,
             controller=controller,
             tls=tls,
+            follow=args.follow,
+            follow_token=load_admin_token(args.admin_token_file) if args.follow else None,
         )
         return asyncio.run(run(settings, provider))
     except (ValueError, OSError) as exc:

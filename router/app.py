@@ -29,6 +29,7 @@ from router.analysis import Analyzer
 from router.backends import SERVICE, BackendPool, Replica
 from router.control import AdminAuth, RolloutControlServicer
 from router.controller import Controller, RolloutPolicy
+from router.follow import WeightFollower
 from router.metrics import RolloutMetrics, RouterMetrics
 from router.mirror import MirrorQueue
 from router.proxy import Router
@@ -75,6 +76,8 @@ class RouterSettings:
     limits: Limits = field(default_factory=Limits)
     controller: ControllerSettings | None = None
     tls: ServerTLS | None = None  # TLS (and mTLS with a client CA) on the router's port
+    follow: str | None = None  # HOST:PORT of the router whose controller sets the weights
+    follow_token: str | None = None
 
 
 class RouterServer:
@@ -87,6 +90,8 @@ class RouterServer:
     ) -> None:
         if not settings.stable:
             raise ValueError("at least one stable backend is required")
+        if settings.follow is not None and settings.controller is not None:
+            raise ValueError("a router either runs the controller or follows one, not both")
         self.settings = settings
         self.metrics = metrics or RouterMetrics()
         self._health_changed = asyncio.Condition()
@@ -126,6 +131,11 @@ class RouterServer:
         self.controller: Controller | None = None
         self.otlp_server: grpc.aio.Server | None = None
         self.otlp_port: int | None = None
+        self.follower: WeightFollower | None = None
+        if settings.follow is not None:
+            self.follower = WeightFollower(
+                settings.follow, settings.follow_token, self.router.set_weight
+            )
         guards: list[grpc.aio.ServerInterceptor] = []
         if settings.controller is not None:
             guards.append(AdminAuth(settings.controller.admin_token))
@@ -231,6 +241,8 @@ class RouterServer:
             pool.start()
         self.mirror.start()
         await self.server.start()
+        if self.follower is not None:
+            self.follower.start()
         if self.controller is not None and self.analyzer is not None:
             await self.controller.resume_after_restart()
             self.controller.start_loop()
@@ -269,6 +281,8 @@ class RouterServer:
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.settings.grace if grace is None else grace)
         await self.mirror.drain(1.0)
+        if self.follower is not None:
+            await self.follower.stop()
         if self.controller is not None:
             await self.controller.stop()
             self.controller.store.close()
