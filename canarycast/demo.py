@@ -35,7 +35,7 @@ import numpy as np
 from canarycast.processes import (
     Component,
     ProcessFailed,
-    start_component,
+    start_controller_router,
     start_model_servers,
 )
 from canarycast.replay import Replayer, ReplaySeries
@@ -324,30 +324,14 @@ def run_demo(workdir: Path, *, quick: bool = False, report_dir: Path | None = No
             registry_dir, MODEL, extra=["--reload-interval", "0.2", "--grace", "2"]
         )
         components.append(
-            start_component(
-                "router",
-                [
-                    "route",
-                    "--port",
-                    "0",
-                    "--metrics-port",
-                    "0",
-                    "--stable",
-                    components[0].target,
-                    "--canary",
-                    components[1].target,
-                    "--registry",
-                    str(registry_dir),
-                    "--model",
-                    MODEL,
-                    "--state",
-                    str(state),
-                    "--policy",
-                    str(policy_file),
-                    "--grace",
-                    "2",
-                ],
-                env={"CANARYCAST_ADMIN_TOKEN": token},
+            start_controller_router(
+                components,
+                registry_dir,
+                MODEL,
+                state=state,
+                policy=policy_file,
+                token=token,
+                extra=["--metrics-port", "0", "--grace", "2"],
             )
         )
         for c in components:

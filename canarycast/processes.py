@@ -133,3 +133,40 @@ def start_model_servers(
             component.stop(5)
         raise
     return started
+
+
+def start_controller_router(
+    servers: Sequence[Component],
+    registry: str | os.PathLike[str],
+    model: str,
+    *,
+    state: str | os.PathLike[str],
+    policy: str | os.PathLike[str],
+    token: str,
+    extra: Sequence[str] = (),
+) -> Component:
+    """`canarycast route` in front of a stable and a canary server, with the embedded
+    controller (registry, model, state file, policy) and the admin token."""
+    stable, canary = servers
+    return start_component(
+        "router",
+        [
+            "route",
+            "--port",
+            "0",
+            "--stable",
+            stable.target,
+            "--canary",
+            canary.target,
+            "--registry",
+            str(registry),
+            "--model",
+            model,
+            "--state",
+            str(state),
+            "--policy",
+            str(policy),
+            *extra,
+        ],
+        env={"CANARYCAST_ADMIN_TOKEN": token},
+    )

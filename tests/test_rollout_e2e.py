@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from canarycast.processes import Component, start_component, start_model_servers
+from canarycast.processes import Component, start_controller_router, start_model_servers
 from canarycast.replay import Replayer, ReplaySeries
 from canarycast.rollout_client import RolloutClient
 from canarycast.v1 import rollout_pb2 as rpb
@@ -67,28 +67,14 @@ def rollout_world(
             registry_copy.root, MODEL, extra=["--reload-interval", "0.2", "--grace", "1"]
         )
         components.append(
-            start_component(
-                "router",
-                [
-                    "route",
-                    "--port",
-                    "0",
-                    "--metrics-port",
-                    "0",
-                    "--stable",
-                    components[0].target,
-                    "--canary",
-                    components[1].target,
-                    "--registry",
-                    str(registry_copy.root),
-                    "--model",
-                    MODEL,
-                    "--state",
-                    str(tmp_path / "rollouts.db"),
-                    "--policy",
-                    str(policy),
-                ],
-                env={"CANARYCAST_ADMIN_TOKEN": TOKEN},
+            start_controller_router(
+                components,
+                registry_copy.root,
+                MODEL,
+                state=tmp_path / "rollouts.db",
+                policy=policy,
+                token=TOKEN,
+                extra=["--metrics-port", "0"],
             )
         )
         yield registry_copy, good.version, components
@@ -243,26 +229,13 @@ async def test_a_restarted_router_resumes_the_rollout(rollout_world, tmp_path: P
         before = client.start(f"{MODEL}:{good}")
     router.process.kill()  # no goodbye: the state file must carry the rollout
     router.process.wait()
-    again = start_component(
-        "router",
-        [
-            "route",
-            "--port",
-            "0",
-            "--stable",
-            stable.target,
-            "--canary",
-            canary.target,
-            "--registry",
-            str(trained.root),
-            "--model",
-            MODEL,
-            "--state",
-            str(tmp_path / "rollouts.db"),
-            "--policy",
-            str(tmp_path / "policy.json"),
-        ],
-        env={"CANARYCAST_ADMIN_TOKEN": TOKEN},
+    again = start_controller_router(
+        [stable, canary],
+        trained.root,
+        MODEL,
+        state=tmp_path / "rollouts.db",
+        policy=tmp_path / "policy.json",
+        token=TOKEN,
     )
     components[2] = again
     with RolloutClient(again.target, TOKEN) as client:
