@@ -295,16 +295,6 @@ class Analyzer:
             self._add_actuals(record.series_id, record.timestamps, record.values, now)
             self._update_gauges()
 
-    def add_history(
-        self, series_id: str, timestamps: Sequence[int], values: Sequence[float]
-    ) -> None:
-        """Known past values (a later call's history): implicit actuals, as observations."""
-        with self._lock:
-            now = self._clock()
-            self._expire(now)
-            self._add_actuals(series_id, timestamps, values, now)
-            self._update_gauges()
-
     def add_call(self, record: CallRecord) -> None:
         """A routed call of a variant, for its error rate and latency."""
         with self._lock:

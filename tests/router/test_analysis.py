@@ -102,13 +102,16 @@ def test_mixed_order_of_arrival(analyzer: Analyzer) -> None:
 
 
 def test_history_of_a_later_call_is_an_implicit_actual(analyzer: Analyzer) -> None:
+    # A later call's recent history reaches the analyzer as an observation (spans_in).
     analyzer.add_forecast(forecast("f1"))
-    analyzer.add_history("a", [T0 - S, T0, T0 + S, T0 + 2 * S], [9.0, 2.0, 2.0, 5.0])
+    analyzer.add_observation(
+        ObservationRecord("a", (T0 - S, T0, T0 + S, T0 + 2 * S), (9.0, 2.0, 2.0, 5.0))
+    )
     assert analyzer.stats().scored["stable"] == 1
     np.testing.assert_allclose(analyzer.evidence(0.0).stable_series, [(1 + 0 + 2) / 3])
     # other series' history does not score it
     analyzer.add_forecast(forecast("f2", series="b"))
-    analyzer.add_history("a", [T0], [1.0])
+    analyzer.add_observation(ObservationRecord("a", (T0,), (1.0,)))
     assert analyzer.stats().pending_forecasts == 1
 
 
