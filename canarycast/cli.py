@@ -43,6 +43,70 @@ def _floats(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers: {exc}") from exc
 
 
+def _port_limit_args(parser: argparse.ArgumentParser, what: str) -> None:
+    """Message size and rate limit flags of a serving port (security, docs/security.md)."""
+    from canarycast.validation import Limits
+
+    g = parser.add_argument_group(f"limits on the {what}'s port")
+    g.add_argument(
+        "--max-message-bytes",
+        type=int,
+        default=Limits().max_message_bytes,
+        help="largest request or answer; bigger gets RESOURCE_EXHAUSTED (default: %(default)s)",
+    )
+    g.add_argument(
+        "--rate-limit",
+        type=float,
+        metavar="CALLS_PER_S",
+        help="token bucket on Forecast and Observe; over it: RESOURCE_EXHAUSTED (off if unset)",
+    )
+    g.add_argument(
+        "--rate-burst", type=int, help="bucket size (default: one second of --rate-limit)"
+    )
+    g.add_argument(
+        "--rate-limit-scope",
+        choices=["peer", "global"],
+        default="peer",
+        help="one bucket per client address, or one for all (default: %(default)s)",
+    )
+
+
+def _tls_args(parser: argparse.ArgumentParser, prefix: str, title: str, *, server: bool) -> None:
+    g = parser.add_argument_group(title)
+    if server:
+        g.add_argument(f"{prefix}-cert", type=Path, help="server certificate, PEM")
+        g.add_argument(f"{prefix}-key", type=Path, help="server private key, PEM")
+        g.add_argument(
+            f"{prefix}-client-ca",
+            type=Path,
+            help="require client certificates signed by this CA (mTLS)",
+        )
+    else:
+        g.add_argument(f"{prefix}-ca", type=Path, help="use TLS, trusting this CA (PEM)")
+        g.add_argument(f"{prefix}-cert", type=Path, help="client certificate for mTLS, PEM")
+        g.add_argument(f"{prefix}-key", type=Path, help="client private key for mTLS, PEM")
+
+
+def _rate_limit(args: argparse.Namespace) -> Any:
+    """The `RateLimit` of `_port_limit_args`' flags, or None (off)."""
+    from canarycast.grpc_server import RateLimit
+
+    if args.rate_limit is None:
+        if args.rate_burst is not None:
+            raise ValueError("--rate-burst needs --rate-limit")
+        return None
+    burst = args.rate_burst if args.rate_burst is not None else max(1, round(args.rate_limit))
+    return RateLimit(args.rate_limit, burst, per_peer=args.rate_limit_scope == "peer")
+
+
+def _limits(args: argparse.Namespace) -> Any:
+    from canarycast.validation import Limits
+
+    if args.max_message_bytes < 1024:
+        raise ValueError(f"--max-message-bytes must be at least 1024, got {args.max_message_bytes}")
+    return Limits(max_message_bytes=args.max_message_bytes)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from server.model import ModelConfig
     from server.training import TrainParams
@@ -108,6 +172,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-queue-size", type=int, default=8192, help="series queued at most")
     p.add_argument("--reload-interval", type=float, default=1.0, help="alias poll, seconds")
     p.add_argument("--grace", type=float, default=10.0, help="drain time on SIGTERM, seconds")
+    p.add_argument(
+        "--drain-delay",
+        type=float,
+        default=0.0,
+        help="on SIGTERM, NOT_SERVING for this long before draining, seconds",
+    )
+    p.add_argument(
+        "--max-concurrent-rpcs",
+        type=int,
+        help="calls in progress at most; beyond it RESOURCE_EXHAUSTED at once (default: no limit)",
+    )
+    _tls_args(p, "--tls", "TLS on the server's port", server=True)
+    _port_limit_args(p, "server")
 
     p = sub.add_parser("route", help="run a router in front of stable and canary servers")
     p.add_argument("--host", default="127.0.0.1", help="listen address (default: %(default)s)")
@@ -148,6 +225,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--keepalive", type=float, default=2.0, help="seconds to notice a stalled backend"
     )
     p.add_argument("--grace", type=float, default=10.0, help="drain time on SIGTERM, seconds")
+    p.add_argument(
+        "--drain-delay",
+        type=float,
+        default=0.0,
+        help="on SIGTERM, NOT_SERVING for this long before draining, seconds",
+    )
+    p.add_argument(
+        "--max-concurrent-rpcs",
+        type=int,
+        help="calls in progress at most; beyond it RESOURCE_EXHAUSTED at once (default: no limit)",
+    )
     ctl = p.add_argument_group(
         "rollout controller (embedded; on when --registry and --model are given)"
     )
@@ -164,12 +252,32 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="admin token of the control API (default: $CANARYCAST_ADMIN_TOKEN)",
     )
+    ctl.add_argument(
+        "--viewer-token-file",
+        type=Path,
+        help="read-only token of the control API: status, history, watch "
+        "(default: $CANARYCAST_VIEWER_TOKEN)",
+    )
     ctl.add_argument("--otlp-port", type=int, help="also receive spans over OTLP/gRPC on this port")
+    ctl.add_argument(
+        "--desired-canary",
+        type=Path,
+        metavar="FILE",
+        help="file naming the version to roll out (VERSION or NAME:VERSION), re-read every "
+        "tick: a version not yet rolled out starts a rollout (the Helm chart's "
+        "canary.model.version)",
+    )
     p.add_argument(
         "--follow",
         metavar="HOST:PORT",
         help="take the canary weight from the router that runs the controller (replicas); "
         "the admin token comes from --admin-token-file or $CANARYCAST_ADMIN_TOKEN",
+    )
+    p.add_argument(
+        "--observations",
+        type=Path,
+        help="store every accepted Observe point in this SQLite file, durably before the "
+        "answer (off if unset; `canarycast drift` and `retrain` read it)",
     )
     tls = p.add_argument_group("TLS on the router's port (Forecaster and RolloutControl)")
     tls.add_argument("--tls-cert", type=Path, help="server certificate, PEM")
@@ -177,13 +285,18 @@ def build_parser() -> argparse.ArgumentParser:
     tls.add_argument(
         "--tls-client-ca", type=Path, help="require client certificates signed by this CA (mTLS)"
     )
+    _tls_args(p, "--backend-tls", "TLS to the model servers (--stable, --canary)", server=False)
+    _tls_args(p, "--otlp-tls", "TLS on the OTLP receiver's port (--otlp-port)", server=True)
+    _tls_args(p, "--follow-tls", "TLS to the router followed (--follow)", server=False)
+    _port_limit_args(p, "router")
 
     p = sub.add_parser("rollout", help="start, watch and steer canary rollouts")
     p.add_argument("--router", default="127.0.0.1:50050", help="router HOST:PORT")
     p.add_argument(
         "--token-file",
         type=Path,
-        help="file holding the admin token (default: $CANARYCAST_ADMIN_TOKEN)",
+        help="file holding the admin (or, to read only, the viewer) token "
+        "(default: $CANARYCAST_ADMIN_TOKEN, else $CANARYCAST_VIEWER_TOKEN)",
     )
     p.add_argument("--timeout", type=float, default=30.0, help="deadline per call, seconds")
     p.add_argument("--tls-ca", type=Path, help="use TLS, trusting this CA (PEM)")
@@ -218,6 +331,14 @@ def build_parser() -> argparse.ArgumentParser:
     msub.add_parser("list", help="every version with its aliases and offline scores")
     show = msub.add_parser("show", help="metadata of one version as JSON")
     show.add_argument("ref", help="NAME@ALIAS or NAME:VERSION")
+    show.add_argument(
+        "--wait",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="wait up to SECONDS for the reference to exist (e.g. an init container "
+        "waiting for the canary alias)",
+    )
     alias = msub.add_parser("alias", help="point an alias at a version (atomic)")
     alias.add_argument("name")
     alias.add_argument("alias")
@@ -234,6 +355,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quantiles", type=_floats, default=[], help="e.g. 0.1,0.9")
     p.add_argument("--timeout", type=float, default=10.0, help="deadline, seconds")
     p.add_argument("--json", action="store_true", help="print the answer as JSON")
+    _tls_args(p, "--tls", "TLS to the server or router", server=False)
+
+    _lifecycle_parsers(sub)
 
     p = sub.add_parser("demo", help="a canary promoted and one rolled back, live, on one machine")
     p.add_argument("--workdir", type=Path, default=Path(".cache/demo"), help="registry and cache")
@@ -308,10 +432,17 @@ def format_scores(scores: dict[str, Any]) -> str:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from canarycast.telemetry import configure_tracing
+    from canarycast.tls import server_tls_from_flags
     from server.app import ServerSettings, run
     from server.registry import RegistryError
 
     configure_tracing("canarycast-server")
+    try:
+        tls = server_tls_from_flags(args.tls_cert, args.tls_key, args.tls_client_ca)
+        limits, rate_limit = _limits(args), _rate_limit(args)
+    except ValueError as exc:
+        print(f"canarycast serve: {exc}", file=sys.stderr)
+        return 2
     settings = ServerSettings(
         registry=args.registry,
         model=args.model,
@@ -324,6 +455,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_queue_size=args.max_queue_size,
         reload_interval=args.reload_interval,
         grace=args.grace,
+        drain_delay=args.drain_delay,
+        max_concurrent_rpcs=args.max_concurrent_rpcs,
+        tls=tls,
+        limits=limits,
+        rate_limit=rate_limit,
     )
     try:
         return asyncio.run(run(settings))
@@ -334,11 +470,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_route(args: argparse.Namespace) -> int:
     from canarycast.telemetry import configure_tracing
-    from canarycast.tls import ServerTLS
+    from canarycast.tls import ServerTLS, client_tls_from_flags, server_tls_from_flags
     from router.app import ControllerSettings, RouterSettings, run
-    from router.control import load_admin_token
+    from router.control import load_admin_token, load_viewer_token
     from router.controller import RolloutPolicy
     from router.routing import Mode, StickyKey
+    from router.store import StateError
 
     provider = configure_tracing("canarycast-router")
     try:
@@ -350,6 +487,18 @@ def cmd_route(args: argparse.Namespace) -> int:
             tls = ServerTLS(args.tls_cert, args.tls_key, args.tls_client_ca)
         elif args.tls_client_ca is not None:
             raise ValueError("--tls-client-ca needs --tls-cert and --tls-key")
+        otlp_tls = server_tls_from_flags(
+            args.otlp_tls_cert, args.otlp_tls_key, args.otlp_tls_client_ca, "--otlp-tls"
+        )
+        if otlp_tls is not None and args.otlp_port is None:
+            raise ValueError("--otlp-tls-cert/--otlp-tls-key need --otlp-port")
+        backend_tls = client_tls_from_flags(
+            args.backend_tls_ca, args.backend_tls_cert, args.backend_tls_key, "--backend-tls"
+        )
+        follow_tls = client_tls_from_flags(
+            args.follow_tls_ca, args.follow_tls_cert, args.follow_tls_key, "--follow-tls"
+        )
+        limits, rate_limit = _limits(args), _rate_limit(args)
         if (args.registry is None) != (args.model is None):
             raise ValueError("--registry and --model go together (they turn the controller on)")
         if args.registry is not None:
@@ -359,7 +508,10 @@ def cmd_route(args: argparse.Namespace) -> int:
                 state=args.state or args.registry / args.model / "rollouts.db",
                 policy=RolloutPolicy.from_file(args.policy) if args.policy else RolloutPolicy(),
                 admin_token=load_admin_token(args.admin_token_file),
+                viewer_token=load_viewer_token(args.viewer_token_file),
                 otlp_port=args.otlp_port,
+                desired_canary=args.desired_canary,
+                otlp_tls=otlp_tls,
             )
         settings = RouterSettings(
             stable=args.stable,
@@ -375,13 +527,25 @@ def cmd_route(args: argparse.Namespace) -> int:
             mirror_timeout=args.mirror_timeout,
             keepalive=args.keepalive,
             grace=args.grace,
+            drain_delay=args.drain_delay,
+            max_concurrent_rpcs=args.max_concurrent_rpcs,
             controller=controller,
             tls=tls,
             follow=args.follow,
-            follow_token=load_admin_token(args.admin_token_file) if args.follow else None,
+            # Following needs only to read: the viewer token is enough, and preferred.
+            follow_token=(
+                load_viewer_token(args.viewer_token_file) or load_admin_token(args.admin_token_file)
+                if args.follow
+                else None
+            ),
+            follow_tls=follow_tls,
+            backend_tls=backend_tls,
+            limits=limits,
+            rate_limit=rate_limit,
+            observations=args.observations,
         )
         return asyncio.run(run(settings, provider))
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, StateError) as exc:  # StateError: a corrupt state file
         print(f"canarycast route: {exc}", file=sys.stderr)
         return 1
 
@@ -398,10 +562,10 @@ def cmd_rollout(args: argparse.Namespace) -> int:
     )
     from canarycast.tls import channel_credentials
     from canarycast.v1 import rollout_pb2 as rpb
-    from router.control import load_admin_token
+    from router.control import load_admin_token, load_viewer_token
 
     try:
-        token = load_admin_token(args.token_file)
+        token = load_admin_token(args.token_file) or load_viewer_token(None)
         credentials = None
         if args.tls_ca is not None or args.tls_cert is not None:
             credentials = channel_credentials(args.tls_ca, args.tls_cert, args.tls_key)
@@ -486,7 +650,7 @@ def cmd_models(args: argparse.Namespace) -> int:
                     )
             print(format_table(rows))
         elif args.models_command == "show":
-            v = registry.resolve(args.ref)
+            v = _resolve_waiting(registry, args.ref, args.wait)
             print(
                 json.dumps(
                     {
@@ -506,6 +670,26 @@ def cmd_models(args: argparse.Namespace) -> int:
         print(f"canarycast models: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _resolve_waiting(registry: Any, ref: str, wait: float) -> Any:
+    """`registry.resolve(ref)`, retried every second for up to `wait` seconds."""
+    import time
+
+    from server.registry import RegistryError
+
+    deadline = time.monotonic() + wait
+    said = False
+    while True:
+        try:
+            return registry.resolve(ref)
+        except RegistryError as exc:
+            if time.monotonic() >= deadline:
+                raise
+            if not said:
+                print(f"canarycast models: waiting for {ref}: {exc}", file=sys.stderr, flush=True)
+                said = True
+            time.sleep(min(1.0, max(deadline - time.monotonic(), 0.0)))
 
 
 def format_table(rows: Sequence[Sequence[str]]) -> str:
@@ -533,7 +717,15 @@ def cmd_forecast(args: argparse.Namespace) -> int:
         end = args.end if args.end is not None else len(series)
         history, series_id = series.values[:end], series.series_id
         start = series.timestamps[0]
-    with ForecastClient(args.target, timeout=args.timeout) as client:
+    from canarycast.tls import client_tls_from_flags
+
+    try:
+        tls = client_tls_from_flags(args.tls_ca, args.tls_cert, args.tls_key)
+    except ValueError as exc:
+        print(f"canarycast forecast: {exc}", file=sys.stderr)
+        return 2
+    credentials = tls.credentials() if tls is not None else None
+    with ForecastClient(args.target, timeout=args.timeout, credentials=credentials) as client:
         try:
             if start is not None:
                 lookback = client.model_info().lookback
@@ -582,6 +774,221 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args.workdir, quick=args.quick, report_dir=args.report)
 
 
+# -- model lifecycle: drift, retrain, the DVC pipeline's stages --------------------------
+
+
+def _lifecycle_parsers(sub: Any) -> None:
+    from server.drift import DriftPolicy
+
+    drift = DriftPolicy()
+
+    def drift_flags(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--observations", type=Path, required=True, help="observation store")
+        p.add_argument("--reference", help="reference dataset (default: the stable lineage's)")
+        p.add_argument("--recent-seasons", type=int, default=drift.recent_seasons)
+        p.add_argument("--reference-seasons", type=int, default=drift.reference_seasons)
+        p.add_argument("--psi-threshold", type=float, default=drift.psi_threshold)
+        p.add_argument("--ks-threshold", type=float, default=drift.ks_threshold)
+        p.add_argument("--performance-ratio", type=float, default=drift.performance_ratio)
+
+    p = sub.add_parser("drift", help="data and performance drift of the stable model")
+    _registry_arg(p)
+    p.add_argument("--model", required=True, help="model name (its stable alias is checked)")
+    drift_flags(p)
+    p.add_argument("--json", action="store_true", help="the report as JSON")
+
+    p = sub.add_parser("retrain", help="train a candidate on data + observations, canary it")
+    _registry_arg(p)
+    p.add_argument("--model", required=True, help="model name (compared with its stable alias)")
+    drift_flags(p)
+    p.add_argument("--workdir", type=Path, help="prepared data (default: REGISTRY/MODEL/retrain)")
+    p.add_argument("--on-drift", action="store_true", help="do nothing unless drift is detected")
+    p.add_argument("--dry-run", action="store_true", help="register, but start no rollout")
+    p.add_argument("--tolerance", type=float, default=0.0, help="allowed hold-out MASE excess")
+    p.add_argument("--router", default="127.0.0.1:50050", help="router HOST:PORT (control API)")
+    p.add_argument("--token-file", type=Path, help="admin token (default: $CANARYCAST_ADMIN_TOKEN)")
+    for flag in ("--lookback", "--horizon", "--hidden", "--layers", "--epochs", "--seed"):
+        p.add_argument(flag, type=int, help="override the stable model's recipe")
+    p.add_argument("--max-windows-per-epoch", type=int, help="override the stable model's recipe")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print the outcome as JSON")
+
+    p = sub.add_parser("pipeline", help="a stage of the DVC pipeline (dvc.yaml), without DVC")
+    p.add_argument("stage", choices=["prepare", "train", "evaluate"])
+    p.add_argument("--params", type=Path, default=Path("params.yaml"), help="parameters, YAML")
+    p.add_argument("--out", type=Path, default=Path("pipeline-out"), help="outputs folder")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _drift_report(args: argparse.Namespace) -> Any:
+    from server.data import load_dataset
+    from server.drift import DriftPolicy, detect_drift
+    from server.loader import load_model
+    from server.observations import ObservationStore
+
+    registry_model = load_model(_registry(args), f"{args.model}@stable")
+    meta = registry_model.version.metadata
+    reference = args.reference or meta.get("retrain", {}).get("base_dataset") or meta["dataset"]
+    policy = DriftPolicy(
+        recent_seasons=args.recent_seasons,
+        reference_seasons=args.reference_seasons,
+        psi_threshold=args.psi_threshold,
+        ks_threshold=args.ks_threshold,
+        performance_ratio=args.performance_ratio,
+    )
+    store = ObservationStore(args.observations, readonly=True)
+    try:
+        return detect_drift(
+            store,
+            load_dataset(reference),
+            model=registry_model,
+            model_name=args.model,
+            policy=policy,
+        )
+    finally:
+        store.close()
+
+
+def _registry(args: argparse.Namespace) -> Any:
+    from server.registry import Registry
+
+    return Registry(args.registry)
+
+
+def cmd_drift(args: argparse.Namespace) -> int:
+    """Exit 0: no drift; 1: drift past a threshold; 2: cannot check."""
+    from server.data import DataError
+    from server.registry import RegistryError
+
+    try:
+        report = _drift_report(args)
+    except (DataError, RegistryError, OSError, ValueError, KeyError) as exc:
+        print(f"canarycast drift: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(report.to_dict(), default=str) if args.json else report.format())
+    return 1 if report.drifted else 0
+
+
+def cmd_retrain(args: argparse.Namespace) -> int:
+    """Exit 0: registered (and a rollout started unless --dry-run), or --on-drift found none;
+    1: the rollout could not start; 2: cannot run; 3: the candidate was worse (not registered)."""
+    import grpc
+
+    from canarycast.rollout_client import RolloutClient, format_status
+    from router.control import load_admin_token
+    from server.data import DataError
+    from server.model import build_model
+    from server.registry import RegistryError
+    from server.retrain import (
+        compare_on_holdout,
+        load_net,
+        prepare_data,
+        register_candidate,
+        train_candidate,
+    )
+    from server.training import TrainParams
+
+    def say(text: str) -> None:
+        print(text, file=sys.stderr if args.json else sys.stdout, flush=True)
+
+    outcome: dict[str, Any] = {"model": args.model}
+    try:
+        token = None if args.dry_run else load_admin_token(args.token_file)
+        if args.on_drift:
+            report = _drift_report(args)
+            say(report.format())
+            outcome["drift"] = report.to_dict()
+            if not report.drifted:
+                say("no drift: nothing to retrain")
+                if args.json:
+                    print(json.dumps({**outcome, "action": "none"}, default=str))
+                return 0
+        registry = _registry(args)
+        stable = registry.resolve(f"{args.model}@stable")
+        meta = stable.metadata
+        base = args.reference or meta.get("retrain", {}).get("base_dataset") or meta["dataset"]
+        workdir = args.workdir or args.registry / args.model / "retrain"
+        prepared = prepare_data(base, args.observations, workdir / "data.parquet")
+        say(
+            f"data: {base} + {prepared.lineage['observations']['points']} stored observation(s) "
+            f"-> {prepared.dataset.content_hash[:12]}"
+        )
+        recipe = dict(meta.get("parameters", {}))
+        config_keys = ("lookback", "horizon", "hidden", "layers", "dropout", "quantiles")
+        overrides = {k: recipe[k] for k in config_keys if k in recipe}
+        train_keys = TrainParams().to_dict().keys()
+        train_fields = {k: recipe[k] for k in train_keys if k in recipe and k != "series_ids"}
+        for key in ("lookback", "horizon", "hidden", "layers"):
+            if getattr(args, key) is not None:
+                overrides[key] = getattr(args, key)
+        for key in ("epochs", "seed", "max_windows_per_epoch"):
+            if getattr(args, key) is not None:
+                train_fields[key] = getattr(args, key)
+        if "quantiles" in overrides:
+            overrides["quantiles"] = tuple(overrides["quantiles"])
+        params = TrainParams(**train_fields)
+        result, seconds = train_candidate(
+            prepared, overrides, params, progress=not args.no_progress
+        )
+        candidate_net = build_model(result.config, result.state_dict)
+        comparison = compare_on_holdout(
+            candidate_net,
+            (stable.version, load_net(registry, args.model, stable.version)),
+            prepared.dataset,
+            args.tolerance,
+        )
+    except (DataError, RegistryError, OSError, ValueError, KeyError) as exc:
+        print(f"canarycast retrain: {exc}", file=sys.stderr)
+        return 2
+    say(comparison.format())
+    outcome["holdout"] = comparison.to_dict()
+    if not comparison.not_worse:
+        say("the candidate is worse than the stable model on the hold-out: not registered")
+        if args.json:
+            print(json.dumps({**outcome, "action": "rejected"}, default=str))
+        return 3
+    version = register_candidate(registry, args.model, prepared, result, seconds, comparison)
+    outcome.update(version=version.version, lineage=version.metadata.get("retrain"))
+    say(f"registered {args.model}:{version.version}")
+    if args.dry_run or version.version == stable.version:
+        outcome["action"] = "registered"
+        say("dry run: no rollout started" if args.dry_run else "same as stable: no rollout")
+        if args.json:
+            print(json.dumps(outcome, default=str))
+        return 0
+    with RolloutClient(args.router, token) as client:
+        try:
+            status = client.start(f"{args.model}:{version.version}", actor="retrain")
+        except grpc.RpcError as exc:
+            print(f"canarycast retrain: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            return 1
+    outcome.update(action="rollout", rollout_id=status.rollout_id)
+    say(format_status(status))
+    if args.json:
+        print(json.dumps(outcome, default=str))
+    return 0
+
+
+def cmd_pipeline(args: argparse.Namespace) -> int:
+    from server import stages
+    from server.data import DataError
+    from server.registry import RegistryError
+
+    try:
+        params = stages.load_params(args.params)
+        if args.stage == "prepare":
+            result = stages.prepare(params, args.out)
+        elif args.stage == "train":
+            result = stages.train(params, args.out, progress=not args.no_progress)
+        else:
+            result = stages.evaluate(params, args.out)
+    except (DataError, RegistryError, OSError, ValueError) as exc:
+        print(f"canarycast pipeline {args.stage}: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
 COMMANDS = {
     "train": cmd_train,
     "serve": cmd_serve,
@@ -590,6 +997,9 @@ COMMANDS = {
     "models": cmd_models,
     "forecast": cmd_forecast,
     "demo": cmd_demo,
+    "drift": cmd_drift,
+    "retrain": cmd_retrain,
+    "pipeline": cmd_pipeline,
 }
 
 

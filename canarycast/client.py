@@ -131,9 +131,17 @@ class ForecastClient:
         timeout: float | None = 30.0,
         channel: grpc.Channel | None = None,
         metadata: Sequence[tuple[str, str]] = (),
+        credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
+        """`credentials`: TLS (mTLS with a client certificate); None: plaintext."""
         self._own_channel = channel is None
-        self.channel = channel or grpc.insecure_channel(target)
+        if channel is None:
+            channel = (
+                grpc.secure_channel(target, credentials)
+                if credentials is not None
+                else grpc.insecure_channel(target)
+            )
+        self.channel = channel
         self.stub = pb_grpc.ForecasterStub(self.channel)
         self.timeout = timeout
         self.metadata = tuple(metadata)

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Sequence
-from typing import Protocol
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -14,7 +17,9 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 from opentelemetry import trace
 
+from canarycast.errors import ResourceExhausted
 from canarycast.interceptors import RpcMetrics, ServerInterceptor
+from canarycast.tls import ServerTLS
 from canarycast.v1 import forecast_pb2 as pb
 
 FORECASTER = pb.DESCRIPTOR.services_by_name["Forecaster"].full_name
@@ -28,10 +33,13 @@ def make_server(
     *,
     maximum_concurrent_rpcs: int | None = None,
     guards: Sequence[grpc.aio.ServerInterceptor] = (),
+    rate_limit: RateLimit | None = None,
 ) -> grpc.aio.Server:
-    """`guards` (authentication) run before the shared tracing/metrics interceptor."""
+    """`guards` (authentication) and the rate limit run inside the shared tracing/metrics
+    interceptor, before the servicer: refused calls are traced and counted like any other."""
+    inner = [*guards, *([RateLimiter(rate_limit)] if rate_limit is not None else [])]
     return grpc.aio.server(
-        interceptors=[*guards, ServerInterceptor(tracer, rpc_metrics)],
+        interceptors=[ServerInterceptor(tracer, rpc_metrics), *inner],
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
@@ -42,6 +50,105 @@ def make_server(
         ],
         maximum_concurrent_rpcs=maximum_concurrent_rpcs,
     )
+
+
+def add_port(server: grpc.aio.Server, address: str, tls: ServerTLS | None) -> int:
+    """Listen on `address` with TLS (mTLS when `tls` has a client CA) or in plaintext;
+    returns the bound port, refusing with OSError when it cannot listen."""
+    if tls is not None:
+        port = server.add_secure_port(address, tls.credentials())
+    else:
+        port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"cannot listen on {address}")
+    return port
+
+
+RATE_LIMITED_METHODS = frozenset({f"/{FORECASTER}/Forecast", f"/{FORECASTER}/Observe"})
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """A token bucket per client address (or one for all, `per_peer=False`) and method of
+    `methods`: `rate` calls per second refill it, up to `burst`. The bucket map is bounded by
+    `max_peers` (the least recently seen address is forgotten first)."""
+
+    rate: float
+    burst: int
+    per_peer: bool = True
+    methods: frozenset[str] = RATE_LIMITED_METHODS
+    max_peers: int = 10_000
+
+    def __post_init__(self) -> None:
+        if not self.rate > 0:
+            raise ValueError(f"rate limit must be > 0 calls per second, got {self.rate}")
+        if self.burst < 1:
+            raise ValueError(f"rate burst must be >= 1, got {self.burst}")
+
+
+class TokenBuckets:
+    """Token buckets by key, refilled lazily from a monotonic clock."""
+
+    def __init__(self, limit: RateLimit, clock: Callable[[], float] = time.monotonic) -> None:
+        self.limit = limit
+        self._clock = clock
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+
+    def take(self, key: str) -> bool:
+        """Take one token from `key`'s bucket; False when it is empty."""
+        now = self._clock()
+        tokens, then = self._buckets.pop(key, (float(self.limit.burst), now))
+        tokens = min(float(self.limit.burst), tokens + (now - then) * self.limit.rate)
+        allowed = tokens >= 1.0
+        self._buckets[key] = (tokens - 1.0 if allowed else tokens, now)
+        while len(self._buckets) > self.limit.max_peers:
+            self._buckets.popitem(last=False)
+        return allowed
+
+
+def peer_address(peer: str) -> str:
+    """`ipv4:127.0.0.1:5000` -> `127.0.0.1`, `ipv6:[::1]:5000` -> `[::1]` (no port)."""
+    kind, _, rest = peer.partition(":")
+    if kind in ("ipv4", "ipv6"):
+        return rest.rpartition(":")[0] or rest
+    return peer
+
+
+class RateLimiter(grpc.aio.ServerInterceptor):
+    """Refuses calls over `RateLimit` with RESOURCE_EXHAUSTED, naming the limit."""
+
+    def __init__(self, limit: RateLimit, clock: Callable[[], float] = time.monotonic) -> None:
+        self.limit = limit
+        self.buckets = TokenBuckets(limit, clock)
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        method: str = details.method
+        if handler is None or handler.unary_unary is None or method not in self.limit.methods:
+            return handler
+        behavior = handler.unary_unary
+        limit, buckets = self.limit, self.buckets
+        short = method.rpartition("/")[2]
+
+        async def limited(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            peer = peer_address(context.peer() or "") if limit.per_peer else "*"
+            if not buckets.take(f"{peer} {short}"):
+                who = f"from {peer}" if limit.per_peer else "in all"
+                raise ResourceExhausted(
+                    f"rate limit: more than {limit.rate:g} {short} calls per second {who} "
+                    f"(burst {limit.burst}); retry later"
+                )
+            return await behavior(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(
+            limited,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
 
 
 def add_health_and_reflection(server: grpc.aio.Server, service: str) -> HealthServicer:

@@ -17,11 +17,12 @@ from typing import Any
 
 import grpc
 import structlog
+from google.protobuf.message import DecodeError
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from canarycast.errors import CanarycastError
+from canarycast.errors import CanarycastError, InvalidArgument
 
 UNTRACED_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
@@ -85,16 +86,26 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
         method: str = handler_call_details.method
-        if handler is None or handler.unary_unary is None or method.startswith(UNTRACED_PREFIXES):
+        if handler is None or method.startswith(UNTRACED_PREFIXES):
             return handler
-        wrapped = self._wrap(method, handler.unary_unary)
+        if handler.unary_stream is not None and handler.request_deserializer is not None:
+            # Not traced, but bad bytes still get INVALID_ARGUMENT rather than UNKNOWN.
+            return grpc.unary_stream_rpc_method_handler(
+                _decoding_stream(handler.unary_stream, handler.request_deserializer),
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_unary is None:
+            return handler
+        # The request is decoded inside the wrapper: grpc's own decoding would answer
+        # undecodable bytes with UNKNOWN; here they get INVALID_ARGUMENT naming the type.
+        wrapped = self._wrap(method, handler.unary_unary, handler.request_deserializer)
         return grpc.unary_unary_rpc_method_handler(
-            wrapped,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
+            wrapped, response_serializer=handler.response_serializer
         )
 
-    def _wrap(self, method: str, behavior: Behavior) -> Behavior:
+    def _wrap(
+        self, method: str, behavior: Behavior, decode: Callable[[bytes], Any] | None = None
+    ) -> Behavior:
         service, _, short = method.lstrip("/").rpartition("/")
         attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": short}
 
@@ -115,6 +126,8 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                 structlog.contextvars.bound_contextvars(rpc_method=short),
             ):
                 try:
+                    if decode is not None:
+                        request = decode_request(decode, request)
                     return await behavior(request, context)
                 except CanarycastError as exc:
                     code = exc.status_code
@@ -139,3 +152,27 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                         self._metrics.observe(short, code, time.perf_counter() - started)
 
         return wrapped
+
+
+def decode_request(decode: Callable[[bytes], Any], raw: bytes) -> Any:
+    """`decode(raw)`, with undecodable bytes an `InvalidArgument` naming the message type."""
+    try:
+        return decode(raw)
+    except DecodeError as exc:
+        message_type = getattr(getattr(decode, "__self__", None), "DESCRIPTOR", None)
+        name = message_type.full_name if message_type is not None else "request message"
+        raise InvalidArgument("request", f"not a {name}: {exc}") from exc
+
+
+def _decoding_stream(
+    behavior: Callable[[Any, grpc.aio.ServicerContext], Any], decode: Callable[[bytes], Any]
+) -> Callable[[bytes, grpc.aio.ServicerContext], Any]:
+    async def stream(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            request = decode_request(decode, raw)
+        except InvalidArgument as exc:
+            await context.abort(exc.status_code, str(exc))
+        async for response in behavior(request, context):
+            yield response
+
+    return stream

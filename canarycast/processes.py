@@ -63,12 +63,15 @@ def start_component(
     *,
     timeout: float = 120.0,
     env: dict[str, str] | None = None,
+    stdout: Any = subprocess.DEVNULL,
 ) -> Component:
-    """Run `canarycast ARGS` as a child process; return once it logs `serving`."""
+    """Run `canarycast ARGS` as a child process; return once it logs `serving`.
+
+    `stdout`: where its standard output goes (a file to keep it; discarded by default)."""
     process = subprocess.Popen(
         [sys.executable, "-m", "canarycast.cli", *args],
         stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
+        stdout=stdout,
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, **(env or {})},

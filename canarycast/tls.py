@@ -46,3 +46,42 @@ def channel_credentials(
         private_key=_read(key, "client key") if key else None,
         certificate_chain=_read(cert, "client certificate") if cert else None,
     )
+
+
+@dataclass(frozen=True)
+class ClientTLS:
+    """The client side: trust `ca` (default: the system roots); present `cert`/`key` for mTLS."""
+
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        return channel_credentials(self.ca, self.cert, self.key)
+
+
+def server_tls_from_flags(
+    cert: Path | None, key: Path | None, client_ca: Path | None, flags: str = "--tls"
+) -> ServerTLS | None:
+    """`ServerTLS` from a port's `FLAGS-cert/-key/-client-ca` flags (None: plaintext);
+    a half-given pair is refused, naming the flags."""
+    if cert is None and key is None:
+        if client_ca is not None:
+            raise ValueError(f"{flags}-client-ca needs {flags}-cert and {flags}-key")
+        return None
+    if cert is None or key is None:
+        raise ValueError(f"{flags}-cert and {flags}-key go together")
+    return ServerTLS(cert, key, client_ca)
+
+
+def client_tls_from_flags(
+    ca: Path | None, cert: Path | None, key: Path | None, flags: str = "--tls"
+) -> ClientTLS | None:
+    """`ClientTLS` from `FLAGS-ca/-cert/-key` (None: plaintext); checks the files now."""
+    if ca is None and cert is None and key is None:
+        return None
+    if (cert is None) != (key is None):
+        raise ValueError(f"{flags}-cert and {flags}-key go together")
+    tls = ClientTLS(ca, cert, key)
+    tls.credentials()  # a missing or unreadable file is named at start-up, not on first call
+    return tls

@@ -15,13 +15,16 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 
 from canarycast.grpc_server import (
+    RateLimit,
     add_health_and_reflection,
+    add_port,
     make_server,
     run_until_signalled,
     set_serving,
 )
+from canarycast.periodic import Periodic
 from canarycast.telemetry import MetricsEndpoint, serve_metrics
-from canarycast.tls import ServerTLS
+from canarycast.tls import ClientTLS, ServerTLS
 from canarycast.v1 import forecast_pb2 as pb
 from canarycast.v1 import rollout_pb2_grpc as rpb_grpc
 from canarycast.validation import Limits
@@ -30,12 +33,14 @@ from router.backends import SERVICE, BackendPool, Replica
 from router.control import AdminAuth, RolloutControlServicer
 from router.controller import Controller, RolloutPolicy
 from router.follow import WeightFollower
-from router.metrics import RolloutMetrics, RouterMetrics
+from router.metrics import DriftMetrics, RolloutMetrics, RouterMetrics
 from router.mirror import MirrorQueue
 from router.proxy import Router
 from router.routing import CANARY, STABLE, Mode, RoutingPolicy, StickyKey
-from router.spans_in import AnalyzerSpanProcessor, serve_otlp_receiver
+from router.spans_in import MAX_OTLP_MESSAGE, AnalyzerSpanProcessor, serve_otlp_receiver
 from router.store import RolloutStore
+from server.drift import stable_drift
+from server.observations import ObservationStore
 from server.registry import Registry
 
 log = structlog.get_logger("canarycast.router")
@@ -50,7 +55,11 @@ class ControllerSettings:
     state: Path
     policy: RolloutPolicy = field(default_factory=RolloutPolicy)
     admin_token: str | None = None
+    viewer_token: str | None = None  # may read (status, history, watch), not steer
     otlp_port: int | None = None  # also receive spans over OTLP/gRPC
+    desired_canary: Path | None = None  # file naming the version to roll out (Helm values)
+    otlp_tls: ServerTLS | None = None  # TLS (mTLS with a client CA) on the OTLP port
+    otlp_max_message_bytes: int = MAX_OTLP_MESSAGE
     analysis_ttl: float = 3600.0
     max_pending: int = 100_000
 
@@ -73,11 +82,21 @@ class RouterSettings:
     mirror_timeout: float = 5.0
     keepalive: float = 2.0
     grace: float = 10.0
+    #: NOT_SERVING this long before the port stops taking calls, so that routers and
+    #: health-checking clients stop sending first (grpc answers calls that race the
+    #: stop with CANCELLED); see docs/reliability.md
+    drain_delay: float = 0.0
     limits: Limits = field(default_factory=Limits)
     controller: ControllerSettings | None = None
     tls: ServerTLS | None = None  # TLS (and mTLS with a client CA) on the router's port
     follow: str | None = None  # HOST:PORT of the router whose controller sets the weights
     follow_token: str | None = None
+    observations: Path | None = None  # SQLite store of every accepted Observe point (off: None)
+    drift_interval: float = 300.0  # with a controller and a store: drift gauges every N seconds
+    follow_tls: ClientTLS | None = None  # TLS (mTLS) to the router followed
+    backend_tls: ClientTLS | None = None  # TLS (mTLS) to the model servers
+    rate_limit: RateLimit | None = None  # token bucket on Forecast/Observe; None: off
+    max_concurrent_rpcs: int | None = None  # beyond: RESOURCE_EXHAUSTED at once; None: no limit
 
 
 class RouterServer:
@@ -98,11 +117,21 @@ class RouterServer:
         self._notifications: set[asyncio.Task[None]] = set()
         tracer = trace.get_tracer("canarycast.router", tracer_provider=tracer_provider)
 
+        backend_credentials = (
+            settings.backend_tls.credentials() if settings.backend_tls is not None else None
+        )
+
         def pool(variant: str, addresses: Sequence[str]) -> BackendPool:
             return BackendPool(
                 variant,
                 [
-                    Replica(variant, a, keepalive=settings.keepalive, on_health=self._health)
+                    Replica(
+                        variant,
+                        a,
+                        keepalive=settings.keepalive,
+                        on_health=self._health,
+                        credentials=backend_credentials,
+                    )
                     for a in addresses
                 ],
             )
@@ -126,23 +155,40 @@ class RouterServer:
             tracer=tracer,
             limits=settings.limits,
             mirror_timeout=settings.mirror_timeout,
+            observations=(
+                ObservationStore(settings.observations) if settings.observations else None
+            ),
         )
         self.analyzer: Analyzer | None = None
         self.controller: Controller | None = None
         self.otlp_server: grpc.aio.Server | None = None
         self.otlp_port: int | None = None
         self.follower: WeightFollower | None = None
+        self._drift: Periodic | None = None
+        self._drift_metrics = DriftMetrics(self.metrics.registry)
         if settings.follow is not None:
             self.follower = WeightFollower(
-                settings.follow, settings.follow_token, self.router.set_weight
+                settings.follow,
+                settings.follow_token,
+                self.router.set_weight,
+                credentials=(
+                    settings.follow_tls.credentials() if settings.follow_tls is not None else None
+                ),
             )
         guards: list[grpc.aio.ServerInterceptor] = []
         if settings.controller is not None:
-            guards.append(AdminAuth(settings.controller.admin_token))
+            guards.append(
+                AdminAuth(settings.controller.admin_token, settings.controller.viewer_token)
+            )
             tracer = self._embed_controller(settings.controller, tracer_provider)
             self.router.tracer = tracer
         self.server = make_server(
-            tracer, self.metrics.rpc, settings.limits.max_message_bytes, guards=guards
+            tracer,
+            self.metrics.rpc,
+            settings.limits.max_message_bytes,
+            guards=guards,
+            rate_limit=settings.rate_limit,
+            maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
         )
         if self.controller is not None:
             rpb_grpc.add_RolloutControlServicer_to_server(
@@ -161,7 +207,7 @@ class RouterServer:
             )
 
         async def observe(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-            return router.observe(request)
+            return await router.observe(request)
 
         # Raw bytes in and out (no serializers): the request is forwarded as it came.
         handlers = {
@@ -201,8 +247,30 @@ class RouterServer:
             policy=cs.policy,
             stable_probe=self._stable_version,
             metrics=RolloutMetrics(self.metrics.registry),
+            desired_canary=cs.desired_canary,
         )
         return provider.get_tracer("canarycast.router")
+
+    async def _drift_step(self) -> None:
+        """Drift of the stable model as Prometheus gauges (`server.drift`), off the loop."""
+        assert self.controller is not None and self.analyzer is not None
+        assert self.settings.observations is not None
+        metrics = self._drift_metrics
+        since = time.time() - self.settings.drift_interval
+        stable = self.analyzer.evidence(since).stable_series
+        if len(stable):
+            metrics.online_error.set(float(stable.mean()))
+        registry, model = self.controller.registry, self.controller.model
+        report = await asyncio.to_thread(stable_drift, self.settings.observations, registry, model)
+        for s in report.series:
+            if s.psi is not None and s.ks_statistic is not None:
+                metrics.psi.labels(s.series_id).set(s.psi)
+                metrics.ks.labels(s.series_id).set(s.ks_statistic)
+            metrics.drifted.labels(s.series_id).set(1 if s.drifted else 0)
+        perf = report.performance
+        if perf is not None and perf.ratio is not None:
+            metrics.performance.set(perf.ratio)
+            metrics.drifted.labels("performance").set(1 if perf.drifted else 0)
 
     async def _stable_version(self) -> str | None:
         replica = self.router.pools[STABLE].pick()
@@ -225,12 +293,7 @@ class RouterServer:
 
     async def start(self) -> int:
         address = f"{self.settings.host}:{self.settings.port}"
-        if self.settings.tls is not None:
-            self.port = self.server.add_secure_port(address, self.settings.tls.credentials())
-        else:
-            self.port = self.server.add_insecure_port(address)
-        if self.port == 0:
-            raise OSError(f"cannot listen on {self.settings.host}:{self.settings.port}")
+        self.port = add_port(self.server, address, self.settings.tls)
         if self.settings.metrics_port is not None:
             self.metrics_endpoint = serve_metrics(
                 self.metrics.registry, self.settings.metrics_port, self.settings.host
@@ -246,10 +309,18 @@ class RouterServer:
         if self.controller is not None and self.analyzer is not None:
             await self.controller.resume_after_restart()
             self.controller.start_loop()
-            assert self.settings.controller is not None
-            if self.settings.controller.otlp_port is not None:
+            if self.settings.observations is not None:
+                self._drift = Periodic("drift", self.settings.drift_interval, self._drift_step)
+                self._drift.start()
+            cs = self.settings.controller
+            assert cs is not None
+            if cs.otlp_port is not None:
                 self.otlp_server, self.otlp_port = await serve_otlp_receiver(
-                    self.analyzer, self.settings.host, self.settings.controller.otlp_port
+                    self.analyzer,
+                    self.settings.host,
+                    cs.otlp_port,
+                    tls=cs.otlp_tls,
+                    max_message_bytes=cs.otlp_max_message_bytes,
                 )
         await set_serving(self.health, SERVICE, True)
         policy = self.router.policy
@@ -279,10 +350,13 @@ class RouterServer:
             return
         self._stopped = True
         await self.health.enter_graceful_shutdown()
+        await asyncio.sleep(self.settings.drain_delay)
         await self.server.stop(self.settings.grace if grace is None else grace)
         await self.mirror.drain(1.0)
         if self.follower is not None:
             await self.follower.stop()
+        if self._drift is not None:
+            await self._drift.stop()
         if self.controller is not None:
             await self.controller.stop()
             self.controller.store.close()
@@ -290,6 +364,8 @@ class RouterServer:
             await self.otlp_server.stop(1)
         for pool in self.router.pools.values():
             await pool.close()
+        if self.router.observations is not None:
+            await asyncio.to_thread(self.router.observations.close)
         if self.metrics_endpoint is not None:
             self.metrics_endpoint.close()
         log.info("stopped")

@@ -49,12 +49,19 @@ class Replica:
         *,
         keepalive: float = 2.0,
         on_health: Callable[[Replica], None] | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
+        """`credentials`: TLS (mTLS with a client certificate) to the server; None: plaintext."""
         self.variant = variant
         self.address = address
         self.serving = False
         self._on_health = on_health
-        self.channel = grpc.aio.insecure_channel(address, options=channel_options(keepalive))
+        options = channel_options(keepalive)
+        self.channel = (
+            grpc.aio.secure_channel(address, credentials, options=options)
+            if credentials is not None
+            else grpc.aio.insecure_channel(address, options=options)
+        )
         self._forecast = self.channel.unary_unary(f"/{SERVICE}/Forecast")
         self._get_model = self.channel.unary_unary(f"/{SERVICE}/GetModel")
         self._watch_task: asyncio.Task[None] | None = None

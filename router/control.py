@@ -1,10 +1,12 @@
 """`RolloutControl` gRPC service over the controller, behind an admin-token check.
 
 `AdminAuth` guards only the RolloutControl methods: a request without
-`authorization: Bearer <token>`, or with another token (compared in constant
-time), is refused with UNAUTHENTICATED; the Forecast path is untouched. With
-no token configured, the control API refuses every call rather than run open.
-The token is never logged.
+`authorization: Bearer <token>`, or with a token it does not know (compared in
+constant time), is refused with UNAUTHENTICATED; the Forecast path is
+untouched. The admin token may call everything; the optional viewer token may
+only read (`READ_METHODS`: GetStatus, WatchStatus, ListHistory) and gets
+PERMISSION_DENIED on anything that steers. With no token configured, the
+control API refuses every call rather than run open. Tokens are never logged.
 """
 
 from __future__ import annotations
@@ -30,7 +32,13 @@ from router.store import DecisionRow, RolloutRecord
 
 #: The admin token of the control API (a token file given by flag wins).
 CANARYCAST_ADMIN_TOKEN = "CANARYCAST_ADMIN_TOKEN"
+#: The read-only viewer token of the control API (`--viewer-token-file` wins).
+CANARYCAST_VIEWER_TOKEN = "CANARYCAST_VIEWER_TOKEN"
 CONTROL_SERVICE = rpb.DESCRIPTOR.services_by_name["RolloutControl"].full_name
+#: What the viewer token may call: reading, never steering.
+READ_METHODS = frozenset(
+    f"/{CONTROL_SERVICE}/{m}" for m in ("GetStatus", "WatchStatus", "ListHistory")
+)
 
 PHASES = {
     Phase.IDLE: rpb.IDLE,
@@ -41,21 +49,34 @@ PHASES = {
 }
 
 
-def load_admin_token(token_file: str | Path | None) -> str | None:
+def load_admin_token(
+    token_file: str | Path | None,
+    *,
+    variable: str = CANARYCAST_ADMIN_TOKEN,
+    what: str = "admin token",
+) -> str | None:
     if token_file is not None:
         try:
             token = Path(token_file).read_text().strip()
         except OSError as exc:
-            raise ValueError(f"admin token file {token_file}: {exc.strerror}") from exc
+            raise ValueError(f"{what} file {token_file}: {exc.strerror}") from exc
         if not token:
-            raise ValueError(f"admin token file {token_file} is empty")
+            raise ValueError(f"{what} file {token_file} is empty")
         return token
-    return os.environ.get(CANARYCAST_ADMIN_TOKEN) or None
+    return os.environ.get(variable) or None
+
+
+def load_viewer_token(token_file: str | Path | None) -> str | None:
+    """The read-only token, from `token_file` or $CANARYCAST_VIEWER_TOKEN."""
+    return load_admin_token(token_file, variable=CANARYCAST_VIEWER_TOKEN, what="viewer token")
 
 
 class AdminAuth(grpc.aio.ServerInterceptor):
-    def __init__(self, token: str | None) -> None:
+    def __init__(self, token: str | None, viewer_token: str | None = None) -> None:
+        if token and viewer_token and hmac.compare_digest(token.encode(), viewer_token.encode()):
+            raise ValueError("the viewer token must differ from the admin token")
         self._token = token.encode() if token else None
+        self._viewer = viewer_token.encode() if viewer_token else None
 
     async def intercept_service(
         self,
@@ -65,17 +86,20 @@ class AdminAuth(grpc.aio.ServerInterceptor):
         handler = await continuation(details)
         if not details.method.startswith(f"/{CONTROL_SERVICE}/") or handler is None:
             return handler
-        problem = self._check(metadata_value(details.invocation_metadata, "authorization"))
-        if problem is None:
+        refusal = self._check(
+            metadata_value(details.invocation_metadata, "authorization"), details.method
+        )
+        if refusal is None:
             return handler
+        code, problem = refusal
 
         async def refuse(request: Any, context: grpc.aio.ServicerContext) -> None:
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, problem)
+            await context.abort(code, problem)
 
         if handler.unary_stream is not None:
 
             async def refuse_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                await context.abort(grpc.StatusCode.UNAUTHENTICATED, problem)
+                await context.abort(code, problem)
                 yield  # pragma: no cover  (makes this an async generator)
 
             return grpc.unary_stream_rpc_method_handler(
@@ -89,17 +113,29 @@ class AdminAuth(grpc.aio.ServerInterceptor):
             response_serializer=handler.response_serializer,
         )
 
-    def _check(self, header: str | None) -> str | None:
-        if self._token is None:
-            return "the control API is disabled: no admin token is configured on the router"
+    def _check(self, header: str | None, method: str) -> tuple[grpc.StatusCode, str] | None:
+        """None when the call may go on, else the status code and why (never the token)."""
+        unauthenticated = grpc.StatusCode.UNAUTHENTICATED
+        if self._token is None and self._viewer is None:
+            return unauthenticated, (
+                "the control API is disabled: no admin token is configured on the router"
+            )
         if header is None:
-            return "missing authorization metadata (expected 'Bearer <admin token>')"
+            return unauthenticated, "missing authorization metadata (expected 'Bearer <token>')"
         scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            token.strip().encode(), self._token
-        ):
-            return "invalid admin token"
-        return None
+        presented = token.strip().encode()
+        # Both comparisons always run, in constant time: the answer's timing tells nothing.
+        is_admin = self._token is not None and hmac.compare_digest(presented, self._token)
+        is_viewer = self._viewer is not None and hmac.compare_digest(presented, self._viewer)
+        if scheme.lower() != "bearer" or not (is_admin or is_viewer):
+            return unauthenticated, "invalid token"
+        if is_admin or method in READ_METHODS:
+            return None
+        return grpc.StatusCode.PERMISSION_DENIED, (
+            "the viewer token may only read "
+            f"({', '.join(sorted(m.rpartition('/')[2] for m in READ_METHODS))}); "
+            f"{method.rpartition('/')[2]} needs the admin token"
+        )
 
 
 def _timestamp(seconds: float | None) -> Timestamp | None:

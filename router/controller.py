@@ -30,12 +30,12 @@ from typing import Any, Protocol
 
 import structlog
 
-from canarycast.errors import FailedPrecondition, InvalidArgument, NotFound
+from canarycast.errors import CanarycastError, FailedPrecondition, InvalidArgument, NotFound
 from canarycast.periodic import Periodic
 from router.judge import Evidence, Judgement, JudgePolicy, Verdict, judge
 from router.metrics import RolloutMetrics
 from router.store import DecisionRow, RolloutRecord, RolloutStore
-from server.registry import ModelRef, Registry, RegistryError
+from server.registry import CorruptAliasError, ModelRef, Registry, RegistryError
 
 log = structlog.get_logger("canarycast.controller")
 
@@ -120,6 +120,53 @@ StableProbe = Callable[[], Awaitable[str | None]]
 
 
 @dataclass(frozen=True)
+class DesiredCanaryAction:
+    """What the controller does about the version a desired-canary file names."""
+
+    action: str  #: "start" a rollout now, "wait" for the active one to end, or "none"
+    reason: str
+
+    @property
+    def start(self) -> bool:
+        return self.action == "start"
+
+
+def desired_canary_action(
+    version: str,
+    *,
+    stable: str | None,
+    latest: RolloutRecord | None,
+    concluded: Sequence[RolloutRecord],
+) -> DesiredCanaryAction:
+    """Start a rollout of `version` only when nothing has been or is being done about it.
+
+    A pure decision (the chart's `canary.model.version`, declarative as in GitOps): not
+    when it is the stable version, nor the candidate of `latest` (whatever its phase), nor
+    when an earlier rollout of it already concluded (promoted or rolled back: trying it
+    again is a deliberate `rollout start`); while another rollout is active it waits.
+    """
+    if version == stable:
+        return DesiredCanaryAction("none", f"{version} is the stable version")
+    if latest is not None and latest.candidate_version == version:
+        return DesiredCanaryAction(
+            "none", f"{version} is the candidate of rollout {latest.rollout_id} ({latest.phase})"
+        )
+    for record in concluded:
+        if record.candidate_version == version:
+            return DesiredCanaryAction(
+                "none",
+                f"rollout {record.rollout_id} of {version} already ended {record.phase}; "
+                "use `canarycast rollout start` to roll it out again",
+            )
+    if latest is not None and latest.phase in ACTIVE:
+        return DesiredCanaryAction(
+            "wait",
+            f"waiting: rollout {latest.rollout_id} of {latest.candidate_version} is {latest.phase}",
+        )
+    return DesiredCanaryAction("start", f"{version} is desired as canary")
+
+
+@dataclass(frozen=True)
 class Status:
     record: RolloutRecord | None
     judgement: Judgement | None
@@ -142,8 +189,13 @@ class Controller:
         clock: Callable[[], float] = time.time,
         stable_probe: StableProbe | None = None,
         metrics: RolloutMetrics | None = None,
+        desired_canary: Path | None = None,
     ) -> None:
         self.model = model
+        #: A file naming the version that should be the canary (VERSION or NAME:VERSION),
+        #: re-read every tick; the Helm chart mounts it from `canary.model.version`.
+        self.desired_canary = desired_canary
+        self._desired_note: tuple[str, str] | None = None
         self.metrics = metrics
         self.registry = registry
         self.traffic = traffic
@@ -199,6 +251,8 @@ class Controller:
                     raise InvalidArgument("candidate", "must be NAME:VERSION, not an alias")
                 version = self.registry.resolve(ref)
                 stable = self.registry.get_alias(self.model, "stable")
+            except CorruptAliasError as exc:  # the registry is damaged, not the request
+                raise FailedPrecondition(str(exc)) from exc
             except RegistryError as exc:
                 raise NotFound(str(exc)) from exc
             if ref.name != self.model:
@@ -209,7 +263,10 @@ class Controller:
                 raise FailedPrecondition(f"{self.model} has no stable alias to compare against")
             if version.version == stable:
                 raise FailedPrecondition(f"{version.version} is already the stable version")
-            self.registry.set_alias(self.model, "canary", version.version)
+            try:
+                self.registry.set_alias(self.model, "canary", version.version)
+            except RegistryError as exc:
+                raise FailedPrecondition(f"cannot start the rollout: {exc}") from exc
             now = self.clock()
             first = self.policy.steps[0]
             self.record = RolloutRecord(
@@ -278,7 +335,58 @@ class Controller:
 
     # -- the automatic part --
 
+    async def follow_desired_canary(self) -> None:
+        """Start a rollout of the desired canary when `desired_canary_action` says so."""
+        if self.desired_canary is None:
+            return
+        try:
+            text = self.desired_canary.read_text().strip()
+        except FileNotFoundError:
+            text = ""
+        except OSError as exc:
+            self._note_desired("", "refused", f"cannot read {self.desired_canary}: {exc}")
+            return
+        if not text:
+            return
+        try:
+            bare = ":" not in text and "@" not in text
+            ref = ModelRef.parse(f"{self.model}:{text}" if bare else text)
+            if ref.name != self.model or ref.version is None:
+                raise InvalidArgument(
+                    "desired canary", f"must be {self.model}:VERSION or VERSION, got {text!r}"
+                )
+            version = self.registry.resolve(ref).version
+            stable = self.registry.get_alias(self.model, "stable")
+        except (RegistryError, InvalidArgument) as exc:
+            self._note_desired(text, "refused", str(exc))
+            return
+        concluded: Sequence[RolloutRecord] = []
+        latest = self.record
+        if version != stable and (latest is None or latest.candidate_version != version):
+            rollouts = await asyncio.to_thread(self.store.rollouts, self.HISTORY_LIMIT)
+            concluded = [r for r in rollouts if r.phase in (Phase.PROMOTED, Phase.ROLLED_BACK)]
+        decision = desired_canary_action(version, stable=stable, latest=latest, concluded=concluded)
+        self._note_desired(text, decision.action, decision.reason)
+        if not decision.start:
+            return
+        try:
+            await self.start(f"{self.model}:{version}", actor="desired-canary")
+        except (CanarycastError, RegistryError) as exc:  # e.g. a read-only registry
+            self._note_desired(text, "refused", str(exc))
+
+    #: Past rollouts read to find whether a desired canary has already been rolled out.
+    HISTORY_LIMIT = 10_000
+
+    def _note_desired(self, desired: str, action: str, reason: str) -> None:
+        """Log what became of the desired canary, once per change (it is read every tick)."""
+        if self._desired_note == (desired, reason):
+            return
+        self._desired_note = (desired, reason)
+        level = log.warning if action == "refused" else log.info
+        level("desired_canary", desired=desired, action=action, reason=reason)
+
     async def tick(self) -> None:
+        await self.follow_desired_canary()
         async with self._lock:
             record = self.record
             if record is None or record.phase != Phase.PROGRESSING:
@@ -369,7 +477,10 @@ class Controller:
     async def _promote_full(self, reason: str, actor: str) -> None:
         record = self.record
         assert record is not None
-        self.registry.set_alias(record.model, "stable", record.candidate_version)
+        try:  # nothing changes unless the alias moved: never promote from a corrupt registry
+            self.registry.set_alias(record.model, "stable", record.candidate_version)
+        except RegistryError as exc:
+            raise FailedPrecondition(f"cannot promote {record.candidate_version}: {exc}") from exc
         await self._wait_for_stable(record.candidate_version)
         self.traffic.set_weight(0.0)
         record.weight = 0.0

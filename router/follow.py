@@ -74,7 +74,10 @@ class WeightFollower:
                                 rollout_id=status.rollout_id,
                             )
             except grpc.aio.AioRpcError as exc:
-                if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
+                if exc.code() in (
+                    grpc.StatusCode.UNAUTHENTICATED,
+                    grpc.StatusCode.PERMISSION_DENIED,
+                ):
                     log.error("follow_refused", controller=self.controller, error=exc.details())
                 else:
                     log.warning("follow_lost", controller=self.controller, code=exc.code().name)

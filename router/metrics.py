@@ -114,3 +114,37 @@ class RolloutMetrics:
     def set_phase(self, phase: str) -> None:
         for name in self.PHASES:
             self.phase.labels(name).set(1 if name == phase else 0)
+
+
+class DriftMetrics:
+    """Drift of the stable model (the controller's drift monitor sets these)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.psi = Gauge(
+            "canarycast_drift_psi",
+            "Population stability index of a series' recent window against its reference.",
+            ["series"],
+            registry=registry,
+        )
+        self.ks = Gauge(
+            "canarycast_drift_ks_statistic",
+            "Two-sample Kolmogorov-Smirnov statistic D, recent window against reference.",
+            ["series"],
+            registry=registry,
+        )
+        self.drifted = Gauge(
+            "canarycast_drift_detected",
+            "1 when a series (or 'performance') is past its drift thresholds.",
+            ["series"],
+            registry=registry,
+        )
+        self.performance = Gauge(
+            "canarycast_drift_performance_ratio",
+            "Stable model's MASE on recent observations over its offline test MASE.",
+            registry=registry,
+        )
+        self.online_error = Gauge(
+            "canarycast_drift_stable_online_error",
+            "Stable model's mean scaled online error from the analyzer (last drift interval).",
+            registry=registry,
+        )

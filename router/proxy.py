@@ -42,6 +42,7 @@ from router.backends import BackendPool, Metadata, Replica
 from router.metrics import RouterMetrics
 from router.mirror import MirrorJob, MirrorQueue
 from router.routing import CANARY, STABLE, Decision, Mode, Reason, RoutingPolicy, decide
+from server.observations import ObservationStore, StoreError
 
 log = structlog.get_logger("canarycast.router")
 
@@ -67,6 +68,7 @@ class Router:
         limits: Limits | None = None,
         mirror_timeout: float = 5.0,
         rng: random.Random | None = None,
+        observations: ObservationStore | None = None,
     ) -> None:
         self.pools: dict[str, BackendPool] = {STABLE: stable}
         if canary is not None:
@@ -78,6 +80,7 @@ class Router:
         self.limits = limits or Limits()
         self.mirror_timeout = mirror_timeout
         self._rng = rng or random.Random()
+        self.observations = observations  # durable store of accepted Observe points, if any
         metrics.canary_weight.set(self._policy.effective_weight)
 
     # -- the in-process control API (the controller of the canary analysis uses it) --
@@ -152,14 +155,20 @@ class Router:
         )
         return response
 
-    def observe(self, raw: bytes) -> bytes:
-        """Validate and record observed values; no backend is needed, so none is lost."""
+    async def observe(self, raw: bytes) -> bytes:
+        """Validate and record observed values; no backend is needed, so none is lost.
+        With an observation store, the points are committed to it before the answer."""
         try:
             request = pb.ObserveRequest.FromString(raw)
         except DecodeError as exc:
             raise InvalidArgument("request", f"not a canarycast.v1.ObserveRequest: {exc}") from exc
         observations = observations_from_proto(request)
         total = validate_observations(observations, self.limits)
+        if self.observations is not None:
+            try:
+                await self.observations.append_async(observations)
+            except StoreError as exc:
+                raise Unavailable(f"observations not stored: {exc}") from exc
         for o in observations:
             spans.record_observation(self.tracer, o.series_id, o.timestamps, o.values)
         self.metrics.observed_points.inc(total)

@@ -30,6 +30,8 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 
 from canarycast import spans
+from canarycast.grpc_server import add_port
+from canarycast.tls import ServerTLS
 from canarycast.v1 import forecast_pb2
 from router.analysis import Analyzer, CallRecord, ForecastRecord, ObservationRecord
 
@@ -240,16 +242,23 @@ class OtlpTraceReceiver(TraceServiceServicer):
 
 
 async def serve_otlp_receiver(
-    analyzer: Analyzer, host: str = "127.0.0.1", port: int = 0
+    analyzer: Analyzer,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    tls: ServerTLS | None = None,
+    max_message_bytes: int = MAX_OTLP_MESSAGE,
 ) -> tuple[grpc.aio.Server, int]:
-    """Start an OTLP/gRPC trace receiver; returns the server and the port it listens on."""
+    """Start an OTLP/gRPC trace receiver (TLS, or mTLS when `tls` has a client CA);
+    returns the server and the port it listens on. Over-size exports get
+    RESOURCE_EXHAUSTED from gRPC."""
     server = grpc.aio.server(
         options=[
-            ("grpc.max_receive_message_length", MAX_OTLP_MESSAGE),
+            ("grpc.max_receive_message_length", max_message_bytes),
         ]
     )
     add_TraceServiceServicer_to_server(OtlpTraceReceiver(analyzer), server)
-    bound = server.add_insecure_port(f"{host}:{port}")
+    bound = add_port(server, f"{host}:{port}", tls)
     await server.start()
-    log.info("otlp_receiver_started", address=f"{host}:{bound}")
+    log.info("otlp_receiver_started", address=f"{host}:{bound}", tls=tls is not None)
     return server, bound

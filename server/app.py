@@ -9,6 +9,7 @@ flight for up to `grace` seconds, and the batcher finishes what it queued.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,12 +18,15 @@ from opentelemetry import trace
 
 from canarycast.grpc_server import (
     FORECASTER,
+    RateLimit,
     add_health_and_reflection,
+    add_port,
     make_server,
     run_until_signalled,
     set_serving,
 )
 from canarycast.telemetry import MetricsEndpoint, serve_metrics
+from canarycast.tls import ServerTLS
 from canarycast.v1 import forecast_pb2_grpc as pb_grpc
 from canarycast.validation import Limits
 from server.batching import DynamicBatcher
@@ -52,8 +56,14 @@ class ServerSettings:
     max_queue_size: int = 8192
     reload_interval: float = 1.0
     grace: float = 10.0
+    #: NOT_SERVING this long before the port stops taking calls, so that routers and
+    #: health-checking clients stop sending first (grpc answers calls that race the
+    #: stop with CANCELLED); see docs/reliability.md
+    drain_delay: float = 0.0
     max_concurrent_rpcs: int | None = None
     limits: Limits = field(default_factory=Limits)
+    tls: ServerTLS | None = None  # TLS (and mTLS with a client CA) on the gRPC port
+    rate_limit: RateLimit | None = None  # token bucket on Forecast/Observe; None: off
 
 
 class ModelServer:
@@ -96,6 +106,7 @@ class ModelServer:
             self.metrics.rpc,
             settings.limits.max_message_bytes,
             maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
+            rate_limit=settings.rate_limit,
         )
         pb_grpc.add_ForecasterServicer_to_server(ForecasterServicer(self.forecaster), self.server)
         self.health = add_health_and_reflection(self.server, SERVICE_NAME)
@@ -112,9 +123,9 @@ class ModelServer:
     async def open(self) -> int:
         """Listen, with health NOT_SERVING and Forecast UNAVAILABLE until `load`."""
         await set_serving(self.health, SERVICE_NAME, False)
-        self.port = self.server.add_insecure_port(f"{self.settings.host}:{self.settings.port}")
-        if self.port == 0:
-            raise OSError(f"cannot listen on {self.settings.host}:{self.settings.port}")
+        self.port = add_port(
+            self.server, f"{self.settings.host}:{self.settings.port}", self.settings.tls
+        )
         if self.settings.metrics_port is not None:
             self.metrics_endpoint = serve_metrics(
                 self.metrics.registry, self.settings.metrics_port, self.settings.host
@@ -143,6 +154,7 @@ class ModelServer:
             return
         self._stopped = True
         await self.health.enter_graceful_shutdown()
+        await asyncio.sleep(self.settings.drain_delay)
         log.info("draining", grace=self.settings.grace if grace is None else grace)
         await self.server.stop(self.settings.grace if grace is None else grace)
         await self.batcher.stop()

@@ -86,6 +86,28 @@ def target_timestamps(start: int, n: int, horizon: int, step: int | None, freq: 
     return np.asarray(index[n:].as_unit("ns").asi8, dtype=np.int64)
 
 
+#: Timestamps pandas can hold (int64 ns, one step inside the ends).
+_FIRST_NS = int(pd.Timestamp.min.value)
+_LAST_NS = int(pd.Timestamp.max.value)
+#: Longest calendar step (a year) as an upper bound for offsets without a fixed length.
+_LONGEST_CALENDAR_STEP_NS = 366 * 24 * 3600 * NS_PER_S
+
+
+def check_forecast_times(s: SeriesQuery, steps: int, freq: str, field: str, where: str) -> None:
+    """Every target time (`steps` after `start`) must be a representable timestamp."""
+    assert s.start is not None
+    step = s.step
+    if step is None:
+        offset = pd.tseries.frequencies.to_offset(freq)
+        step = (
+            int(pd.Timedelta(offset).value)
+            if isinstance(offset, pd.offsets.Tick)
+            else _LONGEST_CALENDAR_STEP_NS
+        )
+    if not (s.start >= _FIRST_NS and s.start + step * steps <= _LAST_NS):
+        raise InvalidArgument(field, f"puts the forecast times outside the years 1678-2261 {where}")
+
+
 class Forecaster:
     """Answers forecasts with the watched model through the dynamic batcher."""
 
@@ -164,6 +186,8 @@ class Forecaster:
                     raise InvalidArgument(f"{field}.step", f"is set without start {where}")
                 if s.step <= 0:
                     raise InvalidArgument(f"{field}.step", f"must be positive {where}")
+            if s.start is not None:
+                check_forecast_times(s, n + query.horizon, config.freq, f"{field}.start", where)
 
     async def forecast(
         self, query: ForecastQuery, deadline: float | None = None, variant: str | None = None

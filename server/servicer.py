@@ -16,7 +16,7 @@ import numpy as np
 from google.protobuf.duration_pb2 import Duration
 
 from canarycast.headers import requested_variant
-from canarycast.messages import observations_from_proto
+from canarycast.messages import duration_ns, observations_from_proto, timestamp_ns
 from canarycast.v1 import forecast_pb2 as pb
 from canarycast.v1 import forecast_pb2_grpc as pb_grpc
 from server.forecasting import (
@@ -35,10 +35,10 @@ def query_from_proto(request: pb.ForecastRequest) -> ForecastQuery:
         SeriesQuery(
             series_id=s.series_id,
             history=np.asarray(s.history, dtype=np.float64),
-            start=s.start.ToNanoseconds() if s.HasField("start") else None,
-            step=s.step.ToNanoseconds() if s.HasField("step") else None,
+            start=timestamp_ns(s.start, f"series[{i}].start") if s.HasField("start") else None,
+            step=duration_ns(s.step, f"series[{i}].step") if s.HasField("step") else None,
         )
-        for s in request.series
+        for i, s in enumerate(request.series)
     ]
     return ForecastQuery(series, int(request.horizon), tuple(request.quantiles))
 

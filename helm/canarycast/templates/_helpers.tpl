@@ -1,0 +1,170 @@
+{{/* Chart name, truncated to 63 characters (a DNS label). */}}
+{{- define "canarycast.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Full name: release-chart, or the release name when it already contains the chart's. */}}
+{{- define "canarycast.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "canarycast.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* The standard labels (app.kubernetes.io/*) of every resource. */}}
+{{- define "canarycast.labels" -}}
+helm.sh/chart: {{ include "canarycast.chart" . }}
+{{ include "canarycast.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: canarycast
+{{- end }}
+
+{{- define "canarycast.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "canarycast.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/*
+Labels of one component: (dict "root" $ "component" "server" "variant" "stable").
+*/}}
+{{- define "canarycast.componentLabels" -}}
+{{ include "canarycast.labels" .root }}
+app.kubernetes.io/component: {{ .component }}
+{{- with .variant }}
+canarycast.io/variant: {{ . }}
+{{- end }}
+{{- end }}
+
+{{- define "canarycast.componentSelector" -}}
+{{ include "canarycast.selectorLabels" .root }}
+app.kubernetes.io/component: {{ .component }}
+{{- with .variant }}
+canarycast.io/variant: {{ . }}
+{{- end }}
+{{- end }}
+
+{{- define "canarycast.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "canarycast.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "canarycast.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+
+{{/* Names of the parts. */}}
+{{- define "canarycast.controllerName" -}}
+{{- printf "%s-controller" (include "canarycast.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- define "canarycast.routerName" -}}
+{{- printf "%s-router" (include "canarycast.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- define "canarycast.serverName" -}}
+{{- printf "%s-%s" (include "canarycast.fullname" .root) .variant | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- define "canarycast.registryClaim" -}}
+{{- default (printf "%s-registry" (include "canarycast.fullname" .)) .Values.registry.persistence.existingClaim }}
+{{- end }}
+{{- define "canarycast.adminSecret" -}}
+{{- default (printf "%s-admin" (include "canarycast.fullname" .)) .Values.controller.adminToken.existingSecret }}
+{{- end }}
+
+{{/* Where the registry is mounted in pods. */}}
+{{- define "canarycast.registryPath" -}}
+{{- if eq .Values.registry.source "image" }}{{ .Values.registry.imagePath }}{{ else }}/var/lib/canarycast/registry{{ end }}
+{{- end }}
+
+{{/* The addresses the routers (and the controller) send calls to. */}}
+{{- define "canarycast.stableAddress" -}}
+{{ include "canarycast.serverName" (dict "root" . "variant" "stable") }}:{{ .Values.server.port }}
+{{- end }}
+{{- define "canarycast.canaryAddress" -}}
+{{ include "canarycast.serverName" (dict "root" . "variant" "canary") }}:{{ .Values.server.port }}
+{{- end }}
+{{- define "canarycast.controllerAddress" -}}
+{{ include "canarycast.controllerName" . }}:{{ .Values.controller.port }}
+{{- end }}
+
+{{/* Hardening shared by every pod and container. */}}
+{{- define "canarycast.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: 10001
+runAsGroup: 10001
+fsGroup: 10001
+fsGroupChangePolicy: OnRootMismatch
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}
+
+{{- define "canarycast.securityContext" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+runAsNonRoot: true
+capabilities:
+  drop:
+    - ALL
+{{- end }}
+
+{{/* A writable /tmp on a read-only root filesystem. */}}
+{{- define "canarycast.tmpVolume" -}}
+- name: tmp
+  emptyDir:
+    sizeLimit: 256Mi
+{{- end }}
+
+{{/* Environment of every canarycast process (JSON logs; OTel settings added per part). */}}
+{{- define "canarycast.commonEnv" -}}
+- name: CANARYCAST_LOG_LEVEL
+  value: INFO
+- name: HOME
+  value: /tmp
+- name: POD_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
+- name: OTEL_RESOURCE_ATTRIBUTES
+  value: "k8s.pod.name=$(POD_NAME),k8s.namespace.name={{ .Release.Namespace }},service.namespace={{ .Release.Namespace }}"
+{{- end }}
+
+{{/* Init container: wait until a model reference (NAME@ALIAS, NAME:VERSION) resolves. */}}
+{{- define "canarycast.waitForModel" -}}
+- name: wait-for-model
+  image: {{ include "canarycast.image" .root }}
+  imagePullPolicy: {{ .root.Values.image.pullPolicy }}
+  args:
+    - models
+    - --registry
+    - {{ include "canarycast.registryPath" .root }}
+    - show
+    - {{ .ref }}
+    - --wait
+    - "86400"
+  securityContext:
+    {{- include "canarycast.securityContext" .root | nindent 4 }}
+  resources:
+    requests:
+      cpu: 10m
+      memory: 64Mi
+    limits:
+      memory: 256Mi
+  volumeMounts:
+    - name: registry
+      mountPath: {{ include "canarycast.registryPath" .root }}
+      readOnly: true
+    - name: tmp
+      mountPath: /tmp
+{{- end }}

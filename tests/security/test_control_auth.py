@@ -1,0 +1,180 @@
+"""The control API refuses the unauthenticated (UNAUTHENTICATED) and the authenticated but
+not allowed (PERMISSION_DENIED), method by method, on a real router port."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+
+from canarycast.v1 import rollout_pb2 as rpb
+from canarycast.v1 import rollout_pb2_grpc as rpb_grpc
+from router.app import ControllerSettings, RouterServer, RouterSettings
+from router.control import READ_METHODS, AdminAuth, load_viewer_token
+from tests.conftest import MODEL, TrainedRegistry
+
+ADMIN = "admin-7f3a9c"
+VIEWER = "viewer-1b8e44"
+
+#: Every RolloutControl method with a request that, once let in, does nothing lasting.
+READS: dict[str, Any] = {
+    "GetStatus": rpb.GetStatusRequest(),
+    "WatchStatus": rpb.GetStatusRequest(),
+    "ListHistory": rpb.ListHistoryRequest(limit=5),
+}
+WRITES: dict[str, Any] = {
+    "StartRollout": rpb.StartRolloutRequest(candidate="another-model:abc", actor="t"),
+    "Promote": rpb.PromoteRequest(actor="t"),
+    "Rollback": rpb.RollbackRequest(reason="test", actor="t"),
+    "Pause": rpb.PauseRequest(actor="t"),
+    "Resume": rpb.ResumeRequest(actor="t"),
+    "SetWeight": rpb.SetWeightRequest(weight=5.0, actor="t"),  # out of range if let in
+}
+AUTH_CODES = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
+
+
+def test_every_method_is_classified() -> None:
+    service = rpb.DESCRIPTOR.services_by_name["RolloutControl"]
+    assert set(READS) | set(WRITES) == {m.name for m in service.methods}
+    assert {m.rpartition("/")[2] for m in READ_METHODS} == set(READS)
+
+
+async def open_router(root: Any, admin: str | None, viewer: str | None) -> RouterServer:
+    router = RouterServer(
+        RouterSettings(
+            stable=["127.0.0.1:1"],
+            port=0,
+            controller=ControllerSettings(
+                registry=root,
+                model=MODEL,
+                state=root / "rollouts.db",
+                admin_token=admin,
+                viewer_token=viewer,
+            ),
+        ),
+        tracer_provider=TracerProvider(),
+    )
+    await router.start()
+    return router
+
+
+@pytest.fixture
+async def control(registry_copy: TrainedRegistry) -> AsyncIterator[rpb_grpc.RolloutControlStub]:
+    router = await open_router(registry_copy.root, ADMIN, VIEWER)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{router.port}") as channel:
+        yield rpb_grpc.RolloutControlStub(channel)
+    await router.stop(grace=1)
+
+
+async def call(
+    stub: rpb_grpc.RolloutControlStub, method: str, request: Any, authorization: str | None
+) -> grpc.StatusCode:
+    """The status code of one call (a stream is read to its first message)."""
+    metadata = (("authorization", authorization),) if authorization is not None else ()
+    try:
+        if method == "WatchStatus":
+            stream = stub.WatchStatus(request, metadata=metadata, timeout=5)
+            async for _ in stream:
+                stream.cancel()
+                break
+        else:
+            await getattr(stub, method)(request, metadata=metadata, timeout=5)
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() in AUTH_CODES:
+            assert ADMIN not in (exc.details() or "") and VIEWER not in (exc.details() or "")
+        return exc.code()
+    return grpc.StatusCode.OK
+
+
+@pytest.mark.parametrize("method", [*READS, *WRITES])
+async def test_unauthenticated_calls_are_refused(
+    control: rpb_grpc.RolloutControlStub, method: str
+) -> None:
+    request = {**READS, **WRITES}[method]
+    for authorization in (
+        None,
+        "",
+        "Bearer",
+        "Bearer wrong-token",
+        f"Basic {ADMIN}",  # the right secret in the wrong scheme
+        f"Bearer {ADMIN}x",
+        f"Bearer {ADMIN[:-1]}",
+    ):
+        code = await call(control, method, request, authorization)
+        assert code == grpc.StatusCode.UNAUTHENTICATED, (method, authorization)
+
+
+async def test_the_viewer_reads_and_may_not_steer(control: rpb_grpc.RolloutControlStub) -> None:
+    for method, request in READS.items():
+        assert await call(control, method, request, f"Bearer {VIEWER}") == grpc.StatusCode.OK
+    for method, request in WRITES.items():
+        code = await call(control, method, request, f"Bearer {VIEWER}")
+        assert code == grpc.StatusCode.PERMISSION_DENIED, method
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await control.Pause(rpb.PauseRequest(), metadata=(("authorization", f"Bearer {VIEWER}"),))
+    assert "Pause needs the admin token" in (err.value.details() or "")
+
+
+async def test_the_admin_may_call_everything(control: rpb_grpc.RolloutControlStub) -> None:
+    for method, request in {**READS, **WRITES}.items():
+        code = await call(control, method, request, f"bearer  {ADMIN} ")
+        # let in: what is left is the controller's own answer (no rollout is running,
+        # the candidate is another model's, 5.0 is no weight)
+        assert code not in AUTH_CODES, method
+    status = await control.GetStatus(
+        rpb.GetStatusRequest(), metadata=(("authorization", f"Bearer {ADMIN}"),)
+    )
+    assert status.phase == rpb.IDLE  # nothing was changed by the refused or failed calls
+
+
+async def test_without_tokens_everything_is_refused(registry_copy: TrainedRegistry) -> None:
+    router = await open_router(registry_copy.root, None, None)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{router.port}") as channel:
+            stub = rpb_grpc.RolloutControlStub(channel)
+            for method, request in {**READS, **WRITES}.items():
+                for authorization in (None, "Bearer ", "Bearer anything"):
+                    code = await call(stub, method, request, authorization)
+                    assert code == grpc.StatusCode.UNAUTHENTICATED
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.GetStatus(rpb.GetStatusRequest())
+            assert "disabled" in (err.value.details() or "")
+    finally:
+        await router.stop(grace=1)
+
+
+async def test_a_viewer_only_router_can_be_watched_but_not_steered(
+    registry_copy: TrainedRegistry,
+) -> None:
+    router = await open_router(registry_copy.root, None, VIEWER)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{router.port}") as channel:
+            stub = rpb_grpc.RolloutControlStub(channel)
+            viewer = f"Bearer {VIEWER}"
+            assert await call(stub, "GetStatus", READS["GetStatus"], viewer) == grpc.StatusCode.OK
+            code = await call(stub, "Pause", WRITES["Pause"], viewer)
+            assert code == grpc.StatusCode.PERMISSION_DENIED
+            code = await call(stub, "Pause", WRITES["Pause"], f"Bearer {ADMIN}")
+            assert code == grpc.StatusCode.UNAUTHENTICATED
+    finally:
+        await router.stop(grace=1)
+
+
+def test_token_configuration_is_checked(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ValueError, match="must differ"):
+        AdminAuth("same", "same")
+    empty = tmp_path / "viewer"
+    empty.write_text("\n")
+    with pytest.raises(ValueError, match=r"viewer token file .*viewer is empty"):
+        load_viewer_token(empty)
+    with pytest.raises(ValueError, match=r"viewer token file .*No such file"):
+        load_viewer_token(tmp_path / "missing")
+    (tmp_path / "ok").write_text(" v-token \n")
+    monkeypatch.setenv("CANARYCAST_VIEWER_TOKEN", "from-env")
+    assert load_viewer_token(tmp_path / "ok") == "v-token"  # the file wins
+    assert load_viewer_token(None) == "from-env"
+    monkeypatch.delenv("CANARYCAST_VIEWER_TOKEN")
+    assert load_viewer_token(None) is None
