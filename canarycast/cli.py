@@ -805,6 +805,12 @@ def _lifecycle_parsers(sub: Any) -> None:
     p.add_argument("--on-drift", action="store_true", help="do nothing unless drift is detected")
     p.add_argument("--dry-run", action="store_true", help="register, but start no rollout")
     p.add_argument("--tolerance", type=float, default=0.0, help="allowed hold-out MASE excess")
+    p.add_argument(
+        "--holdout",
+        type=int,
+        help="most recent points held out to compare with stable (and as many before them "
+        "for early stopping); default: 7 seasons",
+    )
     p.add_argument("--router", default="127.0.0.1:50050", help="router HOST:PORT (control API)")
     p.add_argument("--token-file", type=Path, help="admin token (default: $CANARYCAST_ADMIN_TOKEN)")
     for flag in ("--lookback", "--horizon", "--hidden", "--layers", "--epochs", "--seed"):
@@ -926,6 +932,9 @@ def cmd_retrain(args: argparse.Namespace) -> int:
                 train_fields[key] = getattr(args, key)
         if "quantiles" in overrides:
             overrides["quantiles"] = tuple(overrides["quantiles"])
+        season = int(recipe.get("season_length") or prepared.dataset.season_length)
+        holdout = args.holdout if args.holdout is not None else 7 * season
+        train_fields["holdout_points"] = holdout
         params = TrainParams(**train_fields)
         result, seconds = train_candidate(
             prepared, overrides, params, progress=not args.no_progress
@@ -936,6 +945,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
             (stable.version, load_net(registry, args.model, stable.version)),
             prepared.dataset,
             args.tolerance,
+            holdout,
         )
     except (DataError, RegistryError, OSError, ValueError, KeyError) as exc:
         print(f"canarycast retrain: {exc}", file=sys.stderr)

@@ -579,12 +579,17 @@ def read_long_format(path: str | os.PathLike[str]) -> Dataset:
 
 
 def split_points(
-    n: int, val_fraction: float = 0.15, test_fraction: float = 0.15
+    n: int,
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.15,
+    holdout: int | None = None,
 ) -> tuple[int, int]:
     """Chronological split of a series of length ``n``: returns ``(train_end, val_end)``.
 
     train = [0, train_end), val = [train_end, val_end), test = [val_end, n); the val and
-    test sizes are ``floor(n * fraction)``. DataError if any part would be empty.
+    test sizes are ``floor(n * fraction)``, or ``holdout`` points each when it is given
+    (retraining holds out the most recent period, so that everything older, the newest
+    observations included, is trained on). DataError if any part would be empty.
     """
     for label, frac in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
         if not 0.0 <= frac < 1.0:  # also rejects NaN
@@ -593,8 +598,10 @@ def split_points(
         raise ValueError(
             f"val_fraction + test_fraction must be < 1, got {val_fraction + test_fraction}"
         )
-    n_val = math.floor(n * val_fraction + 1e-9)
-    n_test = math.floor(n * test_fraction + 1e-9)
+    if holdout is not None and (isinstance(holdout, bool) or holdout < 1):
+        raise ValueError(f"holdout must be None or an integer >= 1, got {holdout!r}")
+    n_val = math.floor(n * val_fraction + 1e-9) if holdout is None else holdout
+    n_test = math.floor(n * test_fraction + 1e-9) if holdout is None else holdout
     n_train = n - n_val - n_test
     sizes = {"train": n_train, "val": n_val, "test": n_test}
     empty = [part for part, size in sizes.items() if size <= 0]

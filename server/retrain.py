@@ -3,8 +3,10 @@
 1. **prepare**: each series of the base dataset, continued by its stored observations
    (they win where both have a point), on its regular grid (gaps filled linearly, counted);
    stored series the base dataset does not know are left out (named in the result).
-2. **train**: the usual chronological split of every series (70 / 15 / 15 %): the most
-   recent 15 % is held out and never trained on; early stopping reads the 15 % before it.
+2. **train**: a chronological split of every series: the most recent ``holdout`` points
+   (by default one week of seasons: 7 x season length) are held out and never trained on;
+   early stopping reads the ``holdout`` points before them; everything older, stored
+   observations included, is trained on.
 3. **compare**: the candidate and the current stable model forecast every window of the
    held-out period (stride 1, the shorter of their horizons) and are scored with MASE.
    The candidate must not be worse: ``candidate <= stable * (1 + tolerance)``.
@@ -110,10 +112,15 @@ def prepare_data(base: str, observations: Path | None, out: Path) -> Prepared:
 
 
 def holdout_mase(
-    net: LSTMForecaster, dataset: Dataset, horizon: int, series_ids: list[str] | None = None
+    net: LSTMForecaster,
+    dataset: Dataset,
+    horizon: int,
+    series_ids: list[str] | None = None,
+    holdout: int | None = None,
 ) -> tuple[float, int]:
-    """MASE of ``net`` on every window whose targets lie in the test split (the last 15 %)
-    of each series, as training splits it; returns (MASE, windows)."""
+    """MASE of ``net`` on every window whose targets lie in the test split (the last
+    ``holdout`` points, or 15 %) of each series, as training splits it; returns
+    (MASE, windows)."""
     config = net.config
     lookback, m = config.lookback, config.season_length
     errors, windows = [], 0
@@ -121,7 +128,7 @@ def holdout_mase(
         if series_ids is not None and s.series_id not in series_ids:
             continue
         n = len(s)
-        train_end, val_end = split_points(n)
+        train_end, val_end = split_points(n, holdout=holdout)
         origins = np.arange(max(val_end, lookback), n - horizon + 1)
         if not len(origins) or train_end <= m:
             continue
@@ -186,15 +193,16 @@ def compare_on_holdout(
     stable: tuple[str, LSTMForecaster] | None,
     dataset: Dataset,
     tolerance: float = 0.0,
+    holdout: int | None = None,
 ) -> Comparison:
     """Both models on the same held-out windows (the shorter of their horizons)."""
     horizon = candidate.config.horizon
     if stable is not None:
         horizon = min(horizon, stable[1].config.horizon)
-    mase, windows = holdout_mase(candidate, dataset, horizon)
+    mase, windows = holdout_mase(candidate, dataset, horizon, holdout=holdout)
     stable_mase = None
     if stable is not None:
-        stable_mase, _ = holdout_mase(stable[1], dataset, horizon)
+        stable_mase, _ = holdout_mase(stable[1], dataset, horizon, holdout=holdout)
     return Comparison(mase, stable_mase, stable[0] if stable else None, windows, horizon, tolerance)
 
 

@@ -47,6 +47,9 @@ class TrainParams:
     seed: int = 0
     max_windows_per_epoch: int | None = 2048
     series_ids: tuple[str, ...] | None = None
+    # Points held out for validation and again for test at the end of every series
+    # (None: 15 % each). Retraining sets it so that new observations are trained on.
+    holdout_points: int | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.series_ids, list):
@@ -63,6 +66,9 @@ class TrainParams:
         mw = self.max_windows_per_epoch
         if mw is not None and (not isinstance(mw, int) or isinstance(mw, bool) or mw < 1):
             raise ValueError(f"max_windows_per_epoch must be None or an integer >= 1, got {mw!r}")
+        hp = self.holdout_points
+        if hp is not None and (not isinstance(hp, int) or isinstance(hp, bool) or hp < 1):
+            raise ValueError(f"holdout_points must be None or an integer >= 1, got {hp!r}")
         ids = self.series_ids
         if ids is not None and (
             not isinstance(ids, tuple) or not ids or not all(isinstance(s, str) for s in ids)
@@ -73,6 +79,8 @@ class TrainParams:
         """JSON-able dict (series_ids as a list or None)."""
         d = asdict(self)
         d["series_ids"] = None if self.series_ids is None else list(self.series_ids)
+        if self.holdout_points is None:
+            del d["holdout_points"]  # absent unless set: recipe keys of earlier models hold
         return d
 
     @classmethod
@@ -134,7 +142,10 @@ class _Windows:
 
 
 def _build_windows(
-    dataset: Dataset, config: ModelConfig, series_ids: tuple[str, ...] | None
+    dataset: Dataset,
+    config: ModelConfig,
+    series_ids: tuple[str, ...] | None,
+    holdout: int | None = None,
 ) -> tuple[_Windows, _Windows, _Windows]:
     """Pooled (train, val, test) windows: a window with first target ``t`` belongs to the
     split holding ``t .. t + horizon - 1``, and needs ``t >= lookback``."""
@@ -145,7 +156,7 @@ def _build_windows(
     offset = 0
     for s in chosen:
         n = len(s)
-        train_end, val_end = split_points(n)
+        train_end, val_end = split_points(n, holdout=holdout)
         bounds = ((0, train_end), (train_end, val_end), (val_end, n))
         split_origins = [np.arange(max(a, lb), b - h + 1) for a, b in bounds]
         insample = 0.0
@@ -221,7 +232,9 @@ def train(
     config.validate()
     if config.freq != dataset.freq:
         raise ValueError(f"config.freq {config.freq!r} differs from the dataset's {dataset.freq!r}")
-    train_w, val_w, test_w = _build_windows(dataset, config, params.series_ids)
+    train_w, val_w, test_w = _build_windows(
+        dataset, config, params.series_ids, params.holdout_points
+    )
     q = torch.tensor(config.quantiles, dtype=torch.float32)
     rng = np.random.default_rng(params.seed)
     n_train = len(train_w)

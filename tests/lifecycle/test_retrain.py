@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from canarycast.cli import main
 from canarycast.client import ForecastClient
 from canarycast.processes import Component, start_controller_router, start_model_servers
 from canarycast.rollout_client import RolloutClient
@@ -41,8 +42,12 @@ def canarycast(*args: str, token: str | None = TOKEN) -> subprocess.CompletedPro
 
 @pytest.mark.slow
 def test_retrain_on_drift_registers_a_candidate_and_starts_a_rollout(
-    registry_copy: TrainedRegistry, tmp_path: Path
+    registry_copy: TrainedRegistry,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setenv("CANARYCAST_ADMIN_TOKEN", TOKEN)
     registry = registry_copy.registry
     registry.set_alias(MODEL, "canary", registry_copy.v1.version)
     policy = tmp_path / "policy.json"
@@ -90,21 +95,21 @@ def test_retrain_on_drift_registers_a_candidate_and_starts_a_rollout(
                 "--json",
             ]
 
-        # Without drift nothing happens (an empty store).
+        # Without drift nothing happens (an empty store). In process: no torch start-up.
         quiet = tmp_path / "quiet.db"
         ObservationStore(quiet).close()
-        out = canarycast(*common(quiet), "--on-drift")
-        assert out.returncode == 0, out.stderr
-        assert json.loads(out.stdout)["action"] == "none"
+        assert main(common(quiet) + ["--on-drift"]) == 0
+        assert json.loads(capsys.readouterr().out)["action"] == "none"
 
         # A candidate held to "50 % better than stable" is rejected and not registered.
         before = {v.version for v in registry.versions(MODEL)}
-        out = canarycast(*common(store_path), "--tolerance", "-0.5", "--dry-run", "--epochs", "1")
-        assert out.returncode == 3, out.stderr
-        assert json.loads(out.stdout)["action"] == "rejected"
+        code = main(common(store_path) + ["--tolerance", "-0.5", "--dry-run", "--epochs", "1"])
+        assert code == 3
+        assert json.loads(capsys.readouterr().out)["action"] == "rejected"
         assert {v.version for v in registry.versions(MODEL)} == before
 
         out = canarycast(*common(store_path), "--on-drift")
+        capsys.readouterr()
         assert out.returncode == 0, out.stderr + out.stdout
         outcome = json.loads(out.stdout)
         assert outcome["drift"]["drifted"] and outcome["drift"]["performance"]["drifted"]
@@ -130,3 +135,21 @@ def test_retrain_on_drift_registers_a_candidate_and_starts_a_rollout(
         for c in reversed(components):
             c.stop(10)
     assert np.isfinite(outcome["holdout"]["candidate_mase"])
+
+
+def test_holdout_points_train_on_everything_older_than_the_recent_period() -> None:
+    """With ``holdout_points`` the newest observations are trained on: only the last
+    ``holdout`` points are held out (and as many before them validate)."""
+    from server.data import split_points
+    from server.training import TrainParams
+
+    assert split_points(8760) == (6132, 7446)  # 70 / 15 / 15 %
+    assert split_points(8760, holdout=168) == (8760 - 336, 8760 - 168)
+    params = TrainParams(holdout_points=168)
+    assert params.to_dict()["holdout_points"] == 168
+    assert TrainParams.from_dict(params.to_dict()) == params
+    assert "holdout_points" not in TrainParams().to_dict()  # earlier recipe keys hold
+    with pytest.raises(ValueError, match="holdout_points"):
+        TrainParams(holdout_points=0)
+    with pytest.raises(ValueError, match="holdout"):
+        split_points(100, holdout=-1)
