@@ -98,12 +98,12 @@ def test_retrain_on_drift_registers_a_candidate_and_starts_a_rollout(
         # Without drift nothing happens (an empty store). In process: no torch start-up.
         quiet = tmp_path / "quiet.db"
         ObservationStore(quiet).close()
-        assert main(common(quiet) + ["--on-drift"]) == 0
+        assert main([*common(quiet), "--on-drift"]) == 0
         assert json.loads(capsys.readouterr().out)["action"] == "none"
 
         # A candidate held to "50 % better than stable" is rejected and not registered.
         before = {v.version for v in registry.versions(MODEL)}
-        code = main(common(store_path) + ["--tolerance", "-0.5", "--dry-run", "--epochs", "1"])
+        code = main([*common(store_path), "--tolerance", "-0.5", "--dry-run", "--epochs", "1"])
         assert code == 3
         assert json.loads(capsys.readouterr().out)["action"] == "rejected"
         assert {v.version for v in registry.versions(MODEL)} == before
