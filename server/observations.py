@@ -16,6 +16,9 @@ calls that arrive while a commit is running are written together in the next
 transaction (group commit), so concurrent Observe calls share one fsync and the event
 loop only awaits a future. Readers (``query``, ``frame``, ``series``) use their own
 connection and never block the writer (WAL).
+
+Opened read-only on a folder, the store reads every ``*.db`` in it (one per router
+replica, as the Helm chart lays them out) as one, the latest ``received_at`` winning.
 """
 
 from __future__ import annotations
@@ -110,7 +113,9 @@ class ObservationStore:
         self._start_lock = threading.Lock()
         self.commits = 0  # transactions written (one per group of appends)
         try:
-            if readonly:
+            if readonly and self.path.is_dir():
+                self._read_db = _merge_folder(self.path)
+            elif readonly:
                 if not self.path.is_file():
                     raise StoreError(f"observation store {self.path} does not exist")
                 self._read_db = sqlite3.connect(
@@ -276,6 +281,36 @@ class ObservationStore:
         """(timestamps datetime64[ns], values float64) of one series in [start, end)."""
         frame = self.frame([series_id], start, end)
         return frame["ds"].to_numpy(dtype="datetime64[ns]"), frame["y"].to_numpy(np.float64)
+
+
+MERGE = (
+    "INSERT INTO main.observations SELECT series_id, ts, value, received_at "
+    "FROM src.observations WHERE true ON CONFLICT (series_id, ts) DO UPDATE SET "
+    "value = excluded.value, received_at = excluded.received_at "
+    "WHERE excluded.received_at > observations.received_at"
+)
+
+
+def _merge_folder(folder: Path) -> sqlite3.Connection:
+    """Every ``*.db`` store in ``folder`` (one per router replica) read into one in-memory
+    view, last write (by ``received_at``) winning across files as within one."""
+    files = sorted(folder.glob("*.db"))
+    if not files:
+        raise StoreError(f"observation store folder {folder} holds no *.db file")
+    db = sqlite3.connect("file::memory:", uri=True, check_same_thread=False, isolation_level=None)
+    db.executescript(SCHEMA)
+    for f in files:
+        try:
+            db.execute("ATTACH DATABASE ? AS src", (f"file:{f}?mode=ro",))
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"observation store {f} is not usable: {exc}") from exc
+        try:
+            db.execute(MERGE)
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"observation store {f} is not usable: {exc}") from exc
+        finally:
+            db.execute("DETACH DATABASE src")
+    return db
 
 
 def _ns(value: np.datetime64 | str) -> int:

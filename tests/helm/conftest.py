@@ -59,6 +59,10 @@ COMBINATIONS: dict[str, dict[str, Any]] = {
             "operators": [{"namespaceSelector": {"matchLabels": {"team": "ml-ops"}}}],
         },
     },
+    "retrain": {
+        "observations": {"enabled": True},
+        "retrain": {"enabled": True, "schedule": "@daily", "holdout": 168, "dryRun": True},
+    },
     "image-registry": {
         "registry": {"source": "image"},
         "canary": {"enabled": False},

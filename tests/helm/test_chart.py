@@ -337,6 +337,43 @@ def test_routers_follow_the_controller_and_send_it_their_spans(render: Render) -
     assert "OTEL_EXPORTER_OTLP_ENDPOINT" not in server_env
 
 
+def test_routers_store_observations_and_a_cronjob_retrains_from_them(render: Render) -> None:
+    assert not [m for m in render({}) if m["kind"] == "CronJob"]
+    m = render(COMBINATIONS["retrain"])
+    router = container(find(m, "Deployment", f"{FULL}-router"))
+    assert flag(router["args"], "--observations") == (
+        "/var/lib/canarycast/observations/$(POD_NAME).db"
+    )
+    assert {"name": "observations", "mountPath": "/var/lib/canarycast/observations"} in (
+        router["volumeMounts"]
+    )
+    claim = find(m, "PersistentVolumeClaim", f"{FULL}-observations")
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    cron = find(m, "CronJob", f"{FULL}-retrain")
+    assert cron["spec"]["schedule"] == "@daily"
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid"
+    pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    [job] = pod["containers"]
+    args = job["args"]
+    assert args[0] == "retrain"
+    assert flag(args, "--observations") == "/var/lib/canarycast/observations"
+    assert flag(args, "--router") == f"{FULL}-controller:50050"
+    assert flag(args, "--holdout") == "168"
+    assert "--on-drift" in args and "--dry-run" in args
+    claims = {v["name"]: v.get("persistentVolumeClaim", {}) for v in pod["volumes"]}
+    assert claims["observations"] == {"claimName": f"{FULL}-observations", "readOnly": True}
+    assert claims["registry"]["claimName"] == f"{FULL}-registry"
+    assert job["securityContext"]["readOnlyRootFilesystem"] is True
+    # the job may reach the control API (it starts the rollout)
+    policy = find(m, "NetworkPolicy", f"{FULL}-controller")
+    control = policy["spec"]["ingress"][0]["from"]
+    components = [
+        peer.get("podSelector", {}).get("matchLabels", {}).get("app.kubernetes.io/component")
+        for peer in control
+    ]
+    assert "retrain" in components and "router" in components
+
+
 def test_collector_mode_sends_every_span_through_the_collector(render: Render) -> None:
     m = render(COMBINATIONS["monitoring"])
     for name in ("router", "stable"):
@@ -475,6 +512,8 @@ def test_monitoring_resources_are_rendered_when_enabled(render: Render) -> None:
         ({"server": {"port": 70000}}, "/server/port"),
         ({"tracing": {"mode": "zipkin"}}, "/tracing/mode"),
         ({"model": {"name": "bad name"}}, "/model/name"),
+        ({"retrain": {"enabled": True}}, "/observations/enabled"),
+        ({"retrain": {"schedule": "every night"}}, "/retrain/schedule"),
     ],
 )
 def test_bad_values_are_rejected_by_the_schema(
@@ -508,6 +547,7 @@ def _leaves(values: dict[str, Any], prefix: str = "") -> list[str]:
                 "canary.resources",
                 "router.resources",
                 "controller.resources",
+                "retrain.resources",
             )
         ):
             keys += _leaves(value, f"{path}.")

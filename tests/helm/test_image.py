@@ -61,8 +61,12 @@ def test_the_dockerfile_runs_canarycast_as_a_non_root_user_from_a_slim_base() ->
 def containers(manifests: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
     found = []
     for m in manifests:
-        if m["kind"] == "Deployment":
-            pod = m["spec"]["template"]["spec"]
+        pods = {
+            "Deployment": lambda m: m["spec"]["template"]["spec"],
+            "CronJob": lambda m: m["spec"]["jobTemplate"]["spec"]["template"]["spec"],
+        }
+        if m["kind"] in pods:
+            pod = pods[m["kind"]](m)
             for c in pod.get("initContainers", []) + pod["containers"]:
                 found.append((f"{m['metadata']['name']}/{c['name']}", c))
     return found
@@ -86,7 +90,7 @@ def test_every_rendered_command_is_accepted_by_the_real_cli(
         except SystemExit as exc:
             raise AssertionError(f"{where}: {capsys.readouterr().err}") from exc
         checked += 1
-        if args.command == "route":
+        if args.command in ("route", "retrain"):
             # every path the chart passes is one it mounts (or the registry in the image)
             mounts = [v["mountPath"] for v in c.get("volumeMounts", [])]
             if COMBINATIONS[combination].get("registry", {}).get("source") == "image":

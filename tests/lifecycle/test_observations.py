@@ -64,6 +64,26 @@ async def test_concurrent_appends_are_grouped_into_few_commits(tmp_path: Path) -
         store.close()
 
 
+def test_a_folder_of_replica_stores_reads_as_one_with_the_latest_write_winning(
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "observations"
+    with ObservationStore(folder / "router-0.db") as first:
+        first.append([obs("a", 0, [1.0, 2.0]), obs("b", 0, [7.0])])
+    with ObservationStore(folder / "router-1.db") as second:
+        second.append([obs("a", 1, [20.0, 3.0])])  # later: wins at ts 1
+    with ObservationStore(folder, readonly=True) as merged:
+        ts, values = merged.query("a")
+        assert values.tolist() == [1.0, 20.0, 3.0]
+        assert (ts.astype(np.int64) // HOUR).tolist() == [0, 1, 2]
+        assert [(s.series_id, s.points) for s in merged.series()] == [("a", 3), ("b", 1)]
+    (folder / "router-2.db").write_bytes(b"not a database" * 100)
+    with pytest.raises(StoreError, match=r"router-2\.db"):
+        ObservationStore(folder, readonly=True)
+    with pytest.raises(StoreError, match="no \\*\\.db"):
+        ObservationStore(tmp_path, readonly=True)
+
+
 def test_a_file_that_is_not_a_store_is_refused(tmp_path: Path) -> None:
     bad = tmp_path / "obs.db"
     bad.write_bytes(b"not a database" * 100)

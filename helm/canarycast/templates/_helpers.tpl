@@ -79,6 +79,11 @@ canarycast.io/variant: {{ . }}
 {{- define "canarycast.registryClaim" -}}
 {{- default (printf "%s-registry" (include "canarycast.fullname" .)) .Values.registry.persistence.existingClaim }}
 {{- end }}
+
+{{/* The observation stores' claim (one SQLite file per router pod). */}}
+{{- define "canarycast.observationsClaim" -}}
+{{- default (printf "%s-observations" (include "canarycast.fullname" .)) .Values.observations.persistence.existingClaim }}
+{{- end }}
 {{- define "canarycast.adminSecret" -}}
 {{- default (printf "%s-admin" (include "canarycast.fullname" .)) .Values.controller.adminToken.existingSecret }}
 {{- end }}
