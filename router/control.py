@@ -102,15 +102,13 @@ class AdminAuth(grpc.aio.ServerInterceptor):
                 await context.abort(code, problem)
                 yield  # pragma: no cover  (makes this an async generator)
 
+            # No request deserializer: a refused call's bytes are never decoded, so even
+            # undecodable ones get UNAUTHENTICATED / PERMISSION_DENIED, not INVALID_ARGUMENT.
             return grpc.unary_stream_rpc_method_handler(
-                refuse_stream,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
+                refuse_stream, response_serializer=handler.response_serializer
             )
         return grpc.unary_unary_rpc_method_handler(
-            refuse,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
+            refuse, response_serializer=handler.response_serializer
         )
 
     def _check(self, header: str | None, method: str) -> tuple[grpc.StatusCode, str] | None:

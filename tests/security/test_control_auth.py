@@ -107,6 +107,38 @@ async def test_unauthenticated_calls_are_refused(
         assert code == grpc.StatusCode.UNAUTHENTICATED, (method, authorization)
 
 
+@pytest.mark.parametrize("method", ["GetStatus", "WatchStatus", "StartRollout"])
+async def test_a_refused_call_is_refused_before_its_bytes_are_read(
+    registry_copy: TrainedRegistry, method: str
+) -> None:
+    """Garbage from a caller without the right token gets the auth code, not a decode error
+    (the request is never decoded for someone who may not call)."""
+    router = await open_router(registry_copy.root, ADMIN, VIEWER)
+    path = f"/canarycast.v1.RolloutControl/{method}"
+    garbage = b"\xff\xff\xff\xff\x0f"
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{router.port}") as channel:
+            for authorization, expected in (
+                (None, grpc.StatusCode.UNAUTHENTICATED),
+                (f"Bearer {VIEWER}", grpc.StatusCode.PERMISSION_DENIED),
+                (f"Bearer {ADMIN}", grpc.StatusCode.INVALID_ARGUMENT),
+            ):
+                if method == "StartRollout" or authorization != f"Bearer {VIEWER}":
+                    metadata = (("authorization", authorization),) if authorization else ()
+                    if method == "WatchStatus":
+                        rpc: Any = channel.unary_stream(path)
+                        with pytest.raises(grpc.aio.AioRpcError) as info:
+                            async for _ in rpc(garbage, metadata=metadata, timeout=5):
+                                pass
+                    else:
+                        rpc = channel.unary_unary(path)
+                        with pytest.raises(grpc.aio.AioRpcError) as info:
+                            await rpc(garbage, metadata=metadata, timeout=5)
+                    assert info.value.code() == expected, (method, authorization, info.value)
+    finally:
+        await router.stop(grace=1)
+
+
 async def test_the_viewer_reads_and_may_not_steer(control: rpb_grpc.RolloutControlStub) -> None:
     for method, request in READS.items():
         assert await call(control, method, request, f"Bearer {VIEWER}") == grpc.StatusCode.OK
