@@ -554,3 +554,11 @@ def _leaves(values: dict[str, Any], prefix: str = "") -> list[str]:
         else:
             keys.append(path)
     return keys
+
+
+def test_servers_and_routers_stop_being_ready_before_they_drain(render: Render) -> None:
+    m = render({"server": {"grace": 10.0, "drainDelay": 2.5}, "router": {"drainDelay": 0}})
+    for name, delay, period in (("stable", "2.5", 18), ("canary", "2.5", 18), ("router", "0", 15)):
+        deployment = find(m, "Deployment", f"{FULL}-{name}")
+        assert flag(container(deployment)["args"], "--drain-delay") == delay
+        assert deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == period
