@@ -1,0 +1,232 @@
+"""The results as a person reads them: a markdown table per section and the plots."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+
+def _f(x: Any, digits: int = 2) -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, float):
+        if math.isnan(x):
+            return "n/a"
+        if abs(x) >= 100:
+            return f"{x:,.0f}"
+        return f"{x:.{digits}f}"
+    return str(x)
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_f(c) for c in row) + " |" for row in rows]
+    return [*lines, ""]
+
+
+def _runs_table(runs: list[dict[str, Any]]) -> list[str]:
+    return _table(
+        [
+            "scenario",
+            "forecasts/s",
+            "p50 ms",
+            "p99 ms",
+            "errors",
+            "server CPU (cores)",
+            "load generator CPU (cores)",
+        ],
+        [
+            [
+                r["name"],
+                r["forecasts_per_s"],
+                r["p50_ms"],
+                r["p99_ms"],
+                r["errors"],
+                r.get("server_cpu_cores"),
+                r.get("loadgen_cpu_cores"),
+            ]
+            for r in runs
+        ],
+    )
+
+
+def _ratios(ratios: dict[str, float]) -> list[str]:
+    return _table(["ratio (same run)", "value"], [[k, v] for k, v in ratios.items()])
+
+
+def accuracy_table(acc: dict[str, Any]) -> list[str]:
+    names = ["LSTM", "seasonal naive", "AutoETS", "AutoARIMA"]
+    rows = []
+    for r in acc["rows"]:
+        for name in names:
+            s = r["models"].get(name)
+            if s is None:
+                continue
+            rows.append(
+                [
+                    r["dataset"],
+                    f"{r['forecasts']} x {r['horizon']}",
+                    name,
+                    s["mase"],
+                    s["smape"],
+                    s["coverage_80"],
+                ]
+            )
+    return _table(
+        ["dataset", "forecasts x horizon", "model", "MASE", "sMAPE %", "80 % coverage"], rows
+    )
+
+
+def markdown(results: dict[str, Any], machine: dict[str, Any], total_seconds: float) -> str:
+    out = [
+        "# canarycast benchmark results",
+        "",
+        f"Written by `make bench` in {total_seconds:.0f} s. Machine: {machine['cores']} cores, "
+        f"{machine['cpu_model']}, {machine['memory_gib']} GiB; load average at start "
+        f"{', '.join(f'{x:.2f}' for x in machine['loadavg_at_start'])}; torch "
+        f"{machine['torch']} with {machine['torch_threads']} threads. {machine['note']}.",
+        "",
+        "The load generator is a separate process (grpc.aio, N concurrent callers on one "
+        "channel; TorchServe: one HTTP/1.1 keep-alive connection per caller); its own CPU "
+        "is reported next to each figure. Raw figures: the JSON files beside this one.",
+        "",
+    ]
+    s = results.get("serving")
+    if s:
+        out += ["## 1. Model server against the compute limit", ""]
+        out += _table(
+            ["batch", "bare forward ms", "forecasts/s (bare forward)", "forecasts/s (predict)"],
+            [
+                [
+                    r["batch"],
+                    r["forward_ms"],
+                    r["forward_forecasts_per_s"],
+                    r["predict_forecasts_per_s"],
+                ]
+                for r in s["roofline"]["rows"]
+            ],
+        )
+        out += _runs_table(s["runs"]) + _ratios(s["ratios"])
+    p = results.get("peer")
+    if p:
+        out += ["## 2. Model server against TorchServe", ""]
+        if p.get("torchserve_error"):
+            out += ["TorchServe could not run here:", "", "```", p["torchserve_error"], "```", ""]
+        out += [
+            f"Handler check (in process, against the server's predict): {p['handler_check']}.",
+            "",
+        ]
+        if p["runs"]:
+            out += _runs_table(p["runs"]) + _ratios(p["ratios"])
+    r = results.get("router")
+    if r:
+        out += ["## 3. Router cost (and nginx as the reference proxy)", ""]
+        if r.get("nginx_error"):
+            out += [f"nginx could not run: `{r['nginx_error']}`", ""]
+        out += _runs_table(r["runs"]) + _ratios(r["ratios"])
+    a = results.get("analysis")
+    if a:
+        out += ["## 4. Analysis cost", "", f"Workload: {a['workload']}.", ""]
+        out += _table(
+            ["path", "spans or records/s", "note"],
+            [
+                ["Analyzer fed directly (records)", a["direct"]["records_per_s"], ""],
+                [
+                    "in-process SpanProcessor (spans, made with the SDK)",
+                    a["span_processor"]["spans_per_s"],
+                    f"producing the spans took {a['span_processor']['producer_seconds']:.2f} s "
+                    f"of {a['span_processor']['seconds']:.2f} s",
+                ],
+                [
+                    "OTLP/gRPC receiver (spans, sender in another process)",
+                    a["otlp_receiver"]["spans_per_s"],
+                    f"sender CPU {a['otlp_receiver']['sender_cpu_cores']} cores",
+                ],
+            ],
+        )
+        out += _table(
+            ["pending forecasts", "bytes per pending forecast", "us per add"],
+            [[m["pending"], m["bytes_per_pending"], m["us_per_add"]] for m in a["memory"]],
+        )
+        out += _table(["pairs", "judge decision ms"], [[j["pairs"], j["ms"]] for j in a["judge"]])
+        out += _ratios(a["ratios"])
+    g = results.get("growth")
+    if g:
+        out += ["## 5. How cost grows", ""]
+        for dim, rows in g["curves"].items():
+            out += [f"![{dim}](growth_{dim}.png)", ""]
+            out += _table(
+                [dim, "forecasts/s", "p50 ms", "p99 ms", "server CPU (cores)"],
+                [
+                    [
+                        x["value"],
+                        x["forecasts_per_s"],
+                        x["p50_ms"],
+                        x["p99_ms"],
+                        x["server_cpu_cores"],
+                    ]
+                    for x in rows
+                ],
+            )
+        if a:
+            out += ["![analyzer memory](analyzer_memory.png)", ""]
+        out += _ratios(g["ratios"])
+    acc = results.get("accuracy")
+    if acc:
+        out += ["## 6. Forecast accuracy (rolling origin over the test period)", ""]
+        if acc.get("stats_error"):
+            out += ["statsforecast could not run:", "", "```", acc["stats_error"], "```", ""]
+        out += accuracy_table(acc) + _ratios(acc["ratios"])
+    errors = {k: v["error"] for k, v in results.items() if isinstance(v, dict) and "error" in v}
+    if errors:
+        out += ["## Sections that failed", ""]
+        out += [f"- {k}: `{v}`" for k, v in errors.items()] + [""]
+    return "\n".join(out)
+
+
+def plots(results: dict[str, Any], folder: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    g = results.get("growth")
+    if g and "curves" in g:
+        for dim, rows in g["curves"].items():
+            fig, ax = plt.subplots(figsize=(6, 4))
+            xs = [x["value"] for x in rows]
+            ax.plot(xs, [x["forecasts_per_s"] for x in rows], "o-", label="forecasts/s")
+            ax.set_xscale("log" if max(xs) / max(min(xs), 1) > 20 else "linear")
+            ax.set_xlabel(dim.replace("_", " "))
+            ax.set_ylabel("forecasts/s")
+            ax2 = ax.twinx()
+            ax2.plot(xs, [x["p50_ms"] for x in rows], "s--", color="tab:orange", label="p50 ms")
+            ax2.plot(xs, [x["p99_ms"] for x in rows], "^--", color="tab:red", label="p99 ms")
+            ax2.set_ylabel("latency, ms")
+            fig.legend(loc="upper center", ncol=3, fontsize=8)
+            ax.set_title(f"model server: cost as the {dim.replace('_', ' ')} grows", fontsize=10)
+            fig.tight_layout(rect=(0, 0, 1, 0.92))
+            path = folder / f"growth_{dim}.png"
+            fig.savefig(path, dpi=100)
+            plt.close(fig)
+            written.append(path)
+    a = results.get("analysis")
+    if a and "memory" in a:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        xs = [m["pending"] for m in a["memory"]]
+        ax.plot(xs, [m["rss_bytes"] / 2**20 for m in a["memory"]], "o-", label="resident MiB")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("pending forecasts")
+        ax.set_ylabel("resident memory, MiB")
+        for x, m in zip(xs, a["memory"], strict=True):
+            ax.annotate(f"{m['bytes_per_pending']:.0f} B each", (x, m["rss_bytes"] / 2**20))
+        ax.set_title("analyzer memory as pending forecasts grow", fontsize=10)
+        fig.tight_layout()
+        path = folder / "analyzer_memory.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+    return written

@@ -1,0 +1,195 @@
+"""Sections 1 and 5 (server part): the model server against its compute limit, and how its
+cost grows with the history length, the horizon and the series per call.
+
+The roofline is the bare torch forward pass of the served model, in this process, at
+the server's batch sizes. Then real `canarycast serve` processes (dynamic batching off:
+`--max-batch-size 1 --max-queue-delay-ms 0`; on: the defaults, 256 series / 2 ms) take
+load from the load generator's process.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from bench.common import BenchModel, ratio, run_loadgen, start_servers, stop_all
+from server.loader import load_model
+from server.model import scale_windows
+from server.registry import Registry
+
+BATCH_SIZES = (1, 4, 16, 64, 256)
+BATCHING = {"off": ["--max-batch-size", "1", "--max-queue-delay-ms", "0"], "on": []}
+
+
+def _time_call(fn: Any, min_seconds: float) -> float:
+    """Median seconds per call of fn() over at least `min_seconds` (and >= 5 calls)."""
+    fn()
+    times: list[float] = []
+    spent = 0.0
+    while spent < min_seconds or len(times) < 5:
+        t = time.perf_counter()
+        fn()
+        dt = time.perf_counter() - t
+        times.append(dt)
+        spent += dt
+    return float(np.median(times))
+
+
+def roofline(model: BenchModel, *, smoke: bool = False) -> dict[str, Any]:
+    """Forecasts/s of the bare forward pass (and of the whole `predict`) per batch size."""
+    loaded = load_model(Registry(model.registry), model.ref)
+    net, lookback = loaded.net, loaded.config.lookback
+    from bench.loadgen import histories
+
+    rows = []
+    for b in BATCH_SIZES[:3] if smoke else BATCH_SIZES:
+        windows = np.stack([h[-lookback:] for h in histories(b, lookback)])
+        x = torch.from_numpy(scale_windows(windows)[0].astype(np.float32))
+
+        def forward(x: torch.Tensor = x) -> None:
+            with torch.inference_mode():
+                net(x)
+
+        def whole(w: np.ndarray = windows) -> None:
+            loaded.predict(w)
+
+        fwd = _time_call(forward, 0.05 if smoke else 0.5)
+        pred = _time_call(whole, 0.05 if smoke else 0.5)
+        rows.append(
+            {
+                "batch": b,
+                "forward_ms": fwd * 1000,
+                "forward_forecasts_per_s": b / fwd,
+                "predict_ms": pred * 1000,
+                "predict_forecasts_per_s": b / pred,
+            }
+        )
+    return {
+        "model": model.ref,
+        "config": loaded.config.to_dict(),
+        "torch_threads": torch.get_num_threads(),
+        "rows": rows,
+    }
+
+
+def _scenario(
+    name: str, target: str, pids: list[int], smoke: bool, horizon: int, **kw: Any
+) -> dict[str, Any]:
+    return {
+        "name": name,
+        "kind": "grpc",
+        "target": target,
+        "server_pids": pids,
+        "warmup": 0.2 if smoke else 1.0,
+        "duration": 0.3 if smoke else 4.0,
+        "concurrency": 1,
+        "series_per_call": 1,
+        "history": 48,
+        "horizon": horizon,
+        "quantiles": [0.1, 0.9],
+        **kw,
+    }
+
+
+def serving_section(model: BenchModel, *, smoke: bool = False) -> dict[str, Any]:
+    roof = roofline(model, smoke=smoke)
+    horizon = model.horizon
+    servers = start_servers(model, BATCHING)
+    try:
+        scenarios = []
+        for mode, server in servers.items():
+            for c in (1, 16) if smoke else (1, 16, 64):
+                scenarios.append(
+                    _scenario(
+                        f"batching {mode}, concurrency {c}",
+                        server.target,
+                        [server.process.pid],
+                        smoke,
+                        horizon,
+                        concurrency=c,
+                        batching=mode,
+                    )
+                )
+            scenarios.append(
+                _scenario(
+                    f"batching {mode}, 64 series per call, concurrency 4",
+                    server.target,
+                    [server.process.pid],
+                    smoke,
+                    horizon,
+                    concurrency=4,
+                    series_per_call=64,
+                    batching=mode,
+                )
+            )
+        runs = run_loadgen(scenarios, progress="serving")
+    finally:
+        stop_all(servers)
+    for s, r in zip(scenarios, runs, strict=True):
+        r["batching"] = s["batching"]
+
+    def get(mode: str, c: int, k: int = 1) -> dict[str, Any]:
+        c = min(c, 16) if smoke else c  # smoke runs stop at concurrency 16
+        return next(
+            r
+            for r in runs
+            if r["batching"] == mode and r["concurrency"] == c and r["series_per_call"] == k
+        )
+
+    best_roof = max(row["forward_forecasts_per_s"] for row in roof["rows"])
+    fwd1 = next(row["forward_ms"] for row in roof["rows"] if row["batch"] == 1)
+    multi = max(get("on", 4, 64)["forecasts_per_s"], get("off", 4, 64)["forecasts_per_s"])
+    ratios = {
+        "batching_on_over_off_at_c64": ratio(
+            get("on", 64)["forecasts_per_s"], get("off", 64)["forecasts_per_s"]
+        ),
+        "multi_series_over_roofline": ratio(multi, best_roof),
+        "p50_c1_over_bare_forward_b1": ratio(get("off", 1)["p50_ms"], fwd1),
+    }
+    return {"roofline": roof, "runs": runs, "ratios": ratios}
+
+
+GROWTH = {
+    "history": (48, 192, 768, 3072),
+    "horizon": (1, 6, 12, 24),
+    "series_per_call": (1, 8, 64, 256, 1024),
+}
+
+
+def growth_section(model: BenchModel, *, smoke: bool = False) -> dict[str, Any]:
+    """Throughput and latency of a batching server as one dimension of the call grows."""
+    max_horizon = model.horizon
+    servers = start_servers(model, {"on": []})
+    server = servers["on"]
+    try:
+        scenarios = []
+        for dim, values in GROWTH.items():
+            chosen = [v for v in values if dim != "horizon" or v <= max_horizon]
+            if dim == "horizon" and max_horizon not in chosen:
+                chosen.append(max_horizon)
+            for v in (chosen[-1:] if dim == "horizon" else chosen[:2]) if smoke else chosen:
+                kw: dict[str, Any] = {dim: v, "concurrency": 16}
+                if dim == "series_per_call":
+                    kw["concurrency"] = 4
+                kw.setdefault("horizon", max_horizon)
+                h = kw.pop("horizon")
+                s = _scenario(
+                    f"{dim}={v}", server.target, [server.process.pid], smoke, h, dimension=dim, **kw
+                )
+                scenarios.append(s)
+        runs = run_loadgen(scenarios, progress="growth")
+    finally:
+        stop_all(servers)
+    curves: dict[str, list[dict[str, Any]]] = {dim: [] for dim in GROWTH}
+    for s, r in zip(scenarios, runs, strict=True):
+        curves[s["dimension"]].append({"value": s[s["dimension"]], **r})
+    ratios = {
+        f"{dim}_last_over_first_forecasts_per_s": ratio(
+            rows[-1]["forecasts_per_s"], rows[0]["forecasts_per_s"]
+        )
+        for dim, rows in curves.items()
+    }
+    return {"curves": curves, "ratios": ratios}
