@@ -56,14 +56,15 @@ stubs: $(STAMP)
 
 # pip-audit of the exact versions installed in $(VENV) (pip freeze; local version tags such
 # as torch's +cpu are dropped so those are looked up too). It needs a vulnerability database
-# over the network (AUDIT_SERVICE=pypi or osv), so it is not part of `make test`.
+# over the network (AUDIT_SERVICE=pypi or osv), so it is not part of `make test`. --strict:
+# a package that could not be looked up fails the audit rather than passing unchecked.
 # Findings and what we did about them: docs/security.md.
 AUDIT_SERVICE ?= pypi
 audit: $(STAMP)
 	mkdir -p .cache
 	$(PY) -m pip freeze --exclude-editable | sed -E 's/\+[A-Za-z0-9.]+$$//' > .cache/audit-requirements.txt
 	$(VENV)/bin/pip-audit --requirement .cache/audit-requirements.txt --no-deps --disable-pip \
-		--vulnerability-service $(AUDIT_SERVICE) --progress-spinner off --desc on
+		--vulnerability-service $(AUDIT_SERVICE) --progress-spinner off --desc on --strict
 
 # Benchmarks: serving vs the bare forward pass and TorchServe, router vs nginx, analysis
 # cost, cost growth, accuracy vs statsforecast. TorchServe and statsforecast get their own
