@@ -139,10 +139,12 @@ def otlp_rate(n: int, batch: int = 512, concurrency: int = 2) -> dict[str, Any]:
         server, port = await serve_otlp_receiver(analyzer)
         holder["server"], holder["port"] = server, port
         ready.set()
-        await server.wait_for_termination()
 
-    thread = threading.Thread(target=loop.run_until_complete, args=(serve(),), daemon=True)
+    # The loop runs until stopped by hand: ending it when the server terminates would
+    # race the `stop` coroutine that terminates it (its future would never resolve).
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
+    asyncio.run_coroutine_threadsafe(serve(), loop).result(30)
     ready.wait(30)
     try:
         cmd = [sys.executable, "-m", "bench.analysis_cost", "send", f"127.0.0.1:{holder['port']}"]
@@ -153,7 +155,9 @@ def otlp_rate(n: int, batch: int = 512, concurrency: int = 2) -> dict[str, Any]:
         sent: dict[str, Any] = json.loads(proc.stdout)
     finally:
         asyncio.run_coroutine_threadsafe(holder["server"].stop(0), loop).result(60)
+        loop.call_soon_threadsafe(loop.stop)
         thread.join(60)
+        loop.close()
     sent["scored"] = sum(analyzer.stats().scored.values())
     return sent
 

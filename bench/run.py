@@ -89,8 +89,13 @@ def run(
         for name in SECTIONS
         if (out / f"{name}.json").exists()
     }
-    report.plots(shown, out)
-    (out / "README.md").write_text(report.markdown(shown, about, total) + "\n")
+    ok = {name: r for name, r in shown.items() if "error" not in r}
+    report.plots(ok, out)
+    text = report.markdown(ok, about, total)
+    failed = [f"- **{name}**: {r['error']}" for name, r in shown.items() if "error" in r]
+    if failed:  # a failed section is reported as such, never left out silently
+        text += "\n\n## Sections that failed\n\n" + "\n".join(failed)
+    (out / "README.md").write_text(text + "\n")
     return results
 
 
