@@ -69,8 +69,8 @@ def machine() -> dict[str, Any]:
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "platform": platform.platform(),
-        "note": "shared machine: other engineers' work was running; compare ratios, "
-        "not absolute numbers",
+        "note": "load generator, servers and proxies share these cores (see the load "
+        "average); compare ratios, not absolute numbers",
     }
 
 
