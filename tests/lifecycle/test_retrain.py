@@ -48,6 +48,9 @@ def test_retrain_on_drift_registers_a_candidate_and_starts_a_rollout(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("CANARYCAST_ADMIN_TOKEN", TOKEN)
+    # In-process CLI runs must not point structlog (cached loggers) at this test's captured
+    # stderr: later tests would log into a closed file.
+    monkeypatch.setattr("canarycast.telemetry.configure_logging", lambda *a, **k: None)
     registry = registry_copy.registry
     registry.set_alias(MODEL, "canary", registry_copy.v1.version)
     policy = tmp_path / "policy.json"
