@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 test: $(STAMP) $(TOOLS_STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
 # helm and promtool for the chart tests (tests/helm); a tool that cannot be had makes its
 # tests skip with the reason, so a failure here does not stop the suite (and is retried).

@@ -6,6 +6,8 @@ suite stays fast; the default recipe is exercised in tests/server/test_training.
 
 from __future__ import annotations
 
+import sys
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,3 +70,34 @@ def registry_copy(trained: TrainedRegistry, tmp_path: Path) -> TrainedRegistry:
     return TrainedRegistry(
         root, copy.get(MODEL, trained.v1.version), copy.get(MODEL, trained.v2.version)
     )
+
+
+# -- fuzz-case counts (tests/reliability), printed once at the end, also under xdist --------
+
+_FUZZ_FROM_WORKERS: Counter[str] = Counter()
+
+
+def _local_fuzz_cases() -> Counter[str]:
+    module = sys.modules.get("tests.reliability.conftest")
+    return Counter(getattr(module, "FUZZ_CASES", {})) if module is not None else Counter()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """An xdist worker hands its counts to the controller."""
+    output = getattr(session.config, "workeroutput", None)
+    if output is not None:
+        output["fuzz_cases"] = dict(_local_fuzz_cases())
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: object, error: object) -> None:
+    _FUZZ_FROM_WORKERS.update(getattr(node, "workeroutput", {}).get("fuzz_cases", {}))
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    cases = _local_fuzz_cases() + _FUZZ_FROM_WORKERS
+    if cases:
+        terminalreporter.section("fuzz cases sent (tests/reliability)")
+        for key, n in sorted(cases.items()):
+            terminalreporter.write_line(f"{key:40s} {n:7d}")
+        terminalreporter.write_line(f"{'total':40s} {sum(cases.values()):7d}")

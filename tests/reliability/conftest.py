@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 from collections import Counter
 
-import pytest
 from hypothesis import HealthCheck, settings
 
 settings.register_profile(
@@ -28,13 +27,6 @@ settings.register_profile(
 )
 settings.load_profile(os.environ.get("CANARYCAST_FUZZ_PROFILE", "ci"))
 
-#: Fuzz cases sent, by target (server, router, controller) and kind of input.
+#: Fuzz cases sent, by target (server, router, controller) and kind of input; the root
+#: conftest prints them at the end of the run (collected from every xdist worker).
 FUZZ_CASES: Counter[str] = Counter()
-
-
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    if FUZZ_CASES:
-        terminalreporter.section("fuzz cases sent (tests/reliability)")
-        for key, n in sorted(FUZZ_CASES.items()):
-            terminalreporter.write_line(f"{key:40s} {n:7d}")
-        terminalreporter.write_line(f"{'total':40s} {sum(FUZZ_CASES.values()):7d}")
