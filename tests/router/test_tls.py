@@ -6,6 +6,7 @@ import asyncio
 import datetime as dt
 import ipaddress
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 import pytest
@@ -19,6 +20,9 @@ from canarycast.tls import ServerTLS, channel_credentials
 from canarycast.v1 import rollout_pb2 as rpb
 from router.app import ControllerSettings, RouterServer, RouterSettings
 from tests.conftest import MODEL, TrainedRegistry
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace.export import SpanExporter
 
 TOKEN = "tls-token"
 
@@ -128,10 +132,6 @@ async def test_the_embedded_analyzer_also_takes_spans_over_otlp(
     registry_copy: TrainedRegistry,
 ) -> None:
     from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-
-    from canarycast import spans
 
     router = RouterServer(
         RouterSettings(
@@ -149,40 +149,51 @@ async def test_the_embedded_analyzer_also_takes_spans_over_otlp(
     await router.start()
     try:
         assert router.otlp_port
-        provider = TracerProvider()  # another router replica, exporting with OTLP
-        provider.add_span_processor(
-            SimpleSpanProcessor(
-                OTLPSpanExporter(endpoint=f"127.0.0.1:{router.otlp_port}", insecure=True)
-            )
-        )
-        tracer = provider.get_tracer("replica")
-
-        def emit() -> None:
-            for variant in ("stable", "canary"):
-                spans.record_forecast(
-                    tracer,
-                    series_id="s",
-                    forecast_id=f"f-{variant}",
-                    model_name=MODEL,
-                    model_version=variant,
-                    variant=variant,
-                    point=[1.0],
-                    timestamps=[10],
-                    scale=1.0,
-                    extra={spans.CALL_ID: "c1"},
-                )
-            spans.record_observation(tracer, "s", [10], [1.5])
-            provider.shutdown()
-
-        await asyncio.to_thread(emit)
-        assert router.analyzer is not None
-        for _ in range(200):
-            if router.analyzer.stats().pairs:
-                break
-            await asyncio.sleep(0.01)
-        assert router.analyzer.evidence(since=0.0).pairs.tolist() == [[0.5, 0.5]]
+        # another router replica, exporting with OTLP
+        exporter = OTLPSpanExporter(endpoint=f"127.0.0.1:{router.otlp_port}", insecure=True)
+        await send_one_pair_and_wait(router, exporter, attempts=200, pause=0.01)
     finally:
         await router.stop(grace=1)
+
+
+async def send_one_pair_and_wait(
+    router: RouterServer, exporter: SpanExporter, attempts: int = 500, pause: float = 0.02
+) -> None:
+    """A replica's spans for one call (both variants forecast, then the actual) exported
+    with `exporter`; waits until the router's analyzer has paired them."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+    from canarycast import spans
+
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("replica")
+
+    def emit() -> None:
+        for variant in ("stable", "canary"):
+            spans.record_forecast(
+                tracer,
+                series_id="s",
+                forecast_id=f"f-{variant}",
+                model_name=MODEL,
+                model_version=variant,
+                variant=variant,
+                point=[1.0],
+                timestamps=[10],
+                scale=1.0,
+                extra={spans.CALL_ID: "c1"},
+            )
+        spans.record_observation(tracer, "s", [10], [1.5])
+        provider.shutdown()
+
+    await asyncio.to_thread(emit)
+    assert router.analyzer is not None
+    for _ in range(attempts):
+        if router.analyzer.stats().pairs:
+            break
+        await asyncio.sleep(pause)
+    assert router.analyzer.evidence(since=0.0).pairs.tolist() == [[0.5, 0.5]]
 
 
 def test_route_and_rollout_commands_speak_mtls(

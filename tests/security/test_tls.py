@@ -31,6 +31,7 @@ from server.app import ModelServer, ServerSettings
 from server.data import load_dataset
 from server.metrics import ServerMetrics
 from tests.conftest import MODEL, TrainedRegistry
+from tests.router.test_tls import send_one_pair_and_wait
 from tests.security.conftest import Pki
 
 ADMIN = "tls-admin-token"
@@ -150,9 +151,6 @@ async def test_otlp_receiver_requires_mtls(
     registry_copy: TrainedRegistry, pki: Pki, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-
-    from canarycast import spans
 
     router = RouterServer(
         RouterSettings(
@@ -187,35 +185,7 @@ async def test_otlp_receiver_requires_mtls(
             ("OTEL_EXPORTER_OTLP_CLIENT_KEY", pki.file("client.key")),
         ):
             monkeypatch.setenv(variable, str(value))
-        provider = TracerProvider()
-        exporter = OTLPSpanExporter()
-        provider.add_span_processor(SimpleSpanProcessor(exporter))
-        tracer = provider.get_tracer("replica")
-
-        def emit() -> None:
-            for variant in ("stable", "canary"):
-                spans.record_forecast(
-                    tracer,
-                    series_id="s",
-                    forecast_id=f"f-{variant}",
-                    model_name=MODEL,
-                    model_version=variant,
-                    variant=variant,
-                    point=[1.0],
-                    timestamps=[10],
-                    scale=1.0,
-                    extra={spans.CALL_ID: "c1"},
-                )
-            spans.record_observation(tracer, "s", [10], [1.5])
-            provider.shutdown()
-
-        await asyncio.to_thread(emit)
-        assert router.analyzer is not None
-        for _ in range(500):
-            if router.analyzer.stats().pairs:
-                break
-            await asyncio.sleep(0.02)
-        assert router.analyzer.evidence(since=0.0).pairs.tolist() == [[0.5, 0.5]]
+        await send_one_pair_and_wait(router, OTLPSpanExporter())
     finally:
         await router.stop(grace=1)
 
