@@ -41,7 +41,11 @@ class TrainedRegistry:
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> TrainedRegistry:
     """Registry with two versions of `temps` (different seeds); alias stable -> v1."""
-    root = tmp_path_factory.mktemp("registry")
+    return train_two_versions(tmp_path_factory.mktemp("registry"))
+
+
+def train_two_versions(root: Path) -> TrainedRegistry:
+    """Two tiny versions of `temps` (seeds 0 and 1) in a registry at `root`; stable -> v1."""
     registry = Registry(root)
     dataset = load_dataset("seattle-temps")
     versions = [

@@ -29,32 +29,15 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from tqdm import tqdm
 
-from server.data import load_dataset
-from server.pipeline import train_and_register
-from server.registry import Registry
-from server.training import TrainParams
-from tests.conftest import MODEL, TrainedRegistry, tiny_config
+from tests.conftest import MODEL, TrainedRegistry, train_two_versions
 from tests.reliability.common import start_server, stop_all
 from tests.reliability.test_load import LoadWorld, rss_drift_mib, run_rollout_load
 
 
 def train(root: Path) -> TrainedRegistry:
-    registry = Registry(root)
-    dataset = load_dataset("seattle-temps")
-    versions = [
-        train_and_register(
-            dataset,
-            tiny_config(),
-            TrainParams(epochs=1, max_windows_per_epoch=512, seed=seed),
-            registry,
-            MODEL,
-            progress=False,
-        )
-        for seed in (0, 1)
-    ]
-    registry.set_alias(MODEL, "stable", versions[0].version)
-    registry.set_alias(MODEL, "canary", versions[0].version)
-    return TrainedRegistry(root, versions[0], versions[1])
+    trained = train_two_versions(root)
+    trained.registry.set_alias(MODEL, "canary", trained.v1.version)
+    return trained
 
 
 async def soak_load(workdir: Path, minutes: float, out: Path) -> bool:
