@@ -29,12 +29,12 @@ from typing import Any
 import grpc
 import numpy as np
 import structlog
-from google.protobuf.message import DecodeError
 from opentelemetry import propagate, trace
 
 from canarycast import spans
-from canarycast.errors import CanarycastError, FailedPrecondition, InvalidArgument, Unavailable
+from canarycast.errors import CanarycastError, FailedPrecondition, Unavailable
 from canarycast.headers import VARIANT_HEADER, requested_variant
+from canarycast.interceptors import decode_request
 from canarycast.messages import NS_PER_S, observations_from_proto
 from canarycast.v1 import forecast_pb2 as pb
 from canarycast.validation import Limits, history_scale, validate_observations
@@ -112,10 +112,7 @@ class Router:
     # -- Forecaster --
 
     async def forecast(self, raw: bytes, metadata: Metadata, remaining: float | None) -> bytes:
-        try:
-            request = pb.ForecastRequest.FromString(raw)
-        except DecodeError as exc:
-            raise InvalidArgument("request", f"not a canarycast.v1.ForecastRequest: {exc}") from exc
+        request = decode_request(pb.ForecastRequest.FromString, raw)
         forced = self._forced(metadata)
         key = request.series[0].series_id if request.series else None
         decision = decide(self._policy, key, forced, self._rng.random(), self._rng.random())
@@ -158,10 +155,7 @@ class Router:
     async def observe(self, raw: bytes) -> bytes:
         """Validate and record observed values; no backend is needed, so none is lost.
         With an observation store, the points are committed to it before the answer."""
-        try:
-            request = pb.ObserveRequest.FromString(raw)
-        except DecodeError as exc:
-            raise InvalidArgument("request", f"not a canarycast.v1.ObserveRequest: {exc}") from exc
+        request = decode_request(pb.ObserveRequest.FromString, raw)
         observations = observations_from_proto(request)
         total = validate_observations(observations, self.limits)
         if self.observations is not None:
