@@ -18,7 +18,7 @@ from grpc_reflection.v1alpha import reflection
 from opentelemetry import trace
 
 from canarycast.errors import ResourceExhausted
-from canarycast.interceptors import RpcMetrics, ServerInterceptor
+from canarycast.interceptors import RpcMetrics, ServerInterceptor, decode_request
 from canarycast.tls import ServerTLS
 from canarycast.v1 import forecast_pb2 as pb
 
@@ -130,7 +130,7 @@ class RateLimiter(grpc.aio.ServerInterceptor):
         method: str = details.method
         if handler is None or handler.unary_unary is None or method not in self.limit.methods:
             return handler
-        behavior = handler.unary_unary
+        behavior, decode = handler.unary_unary, handler.request_deserializer
         limit, buckets = self.limit, self.buckets
         short = method.rpartition("/")[2]
 
@@ -142,12 +142,13 @@ class RateLimiter(grpc.aio.ServerInterceptor):
                     f"rate limit: more than {limit.rate:g} {short} calls per second {who} "
                     f"(burst {limit.burst}); retry later"
                 )
+            if decode is not None:  # decoded only once admitted: a refused call costs less
+                request = decode_request(decode, request)
             return await behavior(request, context)
 
+        # No request deserializer here: the bytes reach `limited` undecoded.
         return grpc.unary_unary_rpc_method_handler(
-            limited,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
+            limited, response_serializer=handler.response_serializer
         )
 
 

@@ -117,14 +117,25 @@ async def test_model_server_limits(trained: TrainedRegistry) -> None:
             assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             details = err.value.details() or ""
             assert "rate limit: more than 0.1 Forecast calls per second from 127.0.0.1" in details
+            # a refused call's bytes are not read: garbage over the limit is refused as such
+            raw = channel.unary_unary("/canarycast.v1.Forecaster/Forecast")
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await raw(b"\xff\xff\xff", timeout=10)
+            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             # Observe has its own bucket; GetModel and health are not limited
             assert (await stub.Observe(observe_request(), timeout=10)).accepted_points == 3
+            # admitted garbage is decoded after the limiter and named as such
+            raw = channel.unary_unary("/canarycast.v1.Forecaster/Observe")
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await raw(b"\xff\xff\xff", timeout=10)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "not a canarycast.v1.ObserveRequest" in (err.value.details() or "")
             for _ in range(5):
                 assert (await stub.GetModel(pb.GetModelRequest(), timeout=10)).model.name == MODEL
         sample = metrics.registry.get_sample_value(
             "canarycast_server_calls_total", {"method": "Forecast", "code": "RESOURCE_EXHAUSTED"}
         )
-        assert sample == 1.0  # the rate-limited call; the over-size one died in the transport
+        assert sample == 2.0  # the rate-limited calls; the over-size one died in the transport
     finally:
         await server.stop(grace=1)
 
