@@ -17,10 +17,12 @@ metrics and events.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import json
 import secrets
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -213,6 +215,7 @@ class Controller:
         self._hold_kind: str | None = None
         self._lock = asyncio.Lock()
         self.on_decision: Callable[[DecisionRow, RolloutRecord], None] | None = None
+        self._webhook = Webhook(self.policy.webhook_url) if self.policy.webhook_url else None
 
     # -- lifecycle --
 
@@ -235,6 +238,8 @@ class Controller:
 
     async def stop(self) -> None:
         await self._ticker.stop()
+        if self._webhook is not None:
+            await asyncio.to_thread(self._webhook.close)
 
     # -- commands --
 
@@ -547,10 +552,8 @@ class Controller:
         )
         if self.on_decision is not None:
             self.on_decision(decision, record)
-        if self.policy.webhook_url and action != "hold":
-            asyncio.get_running_loop().run_in_executor(
-                None, _post_webhook, self.policy.webhook_url, decision, replace(record)
-            )
+        if self._webhook is not None and action != "hold":
+            self._webhook.send(decision, replace(record))
         await self._notify()
 
     def _observe_evidence(self, evidence: Evidence, verdict: Judgement) -> None:
@@ -590,13 +593,48 @@ class Controller:
         return self.store.rollouts(limit)
 
 
-def _post_webhook(url: str, decision: DecisionRow, record: RolloutRecord) -> None:
-    body = json.dumps({"decision": asdict(decision), "rollout": asdict(record)}, default=str)
-    request = urllib.request.Request(
-        url, data=body.encode(), headers={"Content-Type": "application/json"}, method="POST"
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=5) as response:
-            response.read()
-    except OSError as exc:
-        log.warning("webhook_failed", url=url, error=str(exc))
+class Webhook:
+    """POSTs decisions to one URL in the order they were taken, off the event loop.
+
+    One worker thread sends them one after another, so a receiver never sees a
+    rollback before the start it ends. A failed delivery (connection error, 5xx)
+    is retried with backoff before it is logged and dropped; the decision itself
+    is already in the rollout store, so the webhook is a notification, not the record.
+    """
+
+    def __init__(
+        self, url: str, *, attempts: int = 3, backoff: float = 0.5, timeout: float = 5.0
+    ) -> None:
+        self.url = url
+        self.attempts = attempts
+        self.backoff = backoff
+        self.timeout = timeout
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="webhook")
+
+    def send(self, decision: DecisionRow, record: RolloutRecord) -> concurrent.futures.Future[bool]:
+        body = json.dumps({"decision": asdict(decision), "rollout": asdict(record)}, default=str)
+        return self._pool.submit(self._deliver, body.encode(), decision.action)
+
+    def close(self) -> None:
+        """Wait for queued deliveries (each bounded by its timeout and retries)."""
+        self._pool.shutdown(wait=True)
+
+    def _deliver(self, body: bytes, action: str) -> bool:
+        for attempt in range(1, self.attempts + 1):
+            request = urllib.request.Request(
+                self.url, data=body, headers={"Content-Type": "application/json"}, method="POST"
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                    response.read()
+                return True
+            except urllib.error.HTTPError as exc:
+                error = f"HTTP {exc.code}"
+                if exc.code < 500:  # the receiver refused it: asking again will not help
+                    break
+            except OSError as exc:
+                error = str(exc)
+            if attempt < self.attempts:
+                time.sleep(self.backoff * 2 ** (attempt - 1))
+        log.warning("webhook_failed", url=self.url, action=action, attempts=attempt, error=error)
+        return False
