@@ -10,6 +10,8 @@ can send their spans through an OpenTelemetry Collector to one analyzer.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import threading
 from collections import deque
 from collections.abc import Iterable, Mapping
@@ -216,14 +218,26 @@ def any_value(value: AnyValue) -> Any:
 
 
 class OtlpTraceReceiver(TraceServiceServicer):
-    """An OTLP/gRPC trace receiver feeding an analyzer (grpc.aio servicer)."""
+    """An OTLP/gRPC trace receiver feeding an analyzer (grpc.aio servicer).
+
+    Decoding and scoring a batch takes tens of milliseconds, so it runs on one
+    ingest thread, never on the event loop the receiver may share with a router's
+    request path; Export answers once its spans are in the analyzer, which is the
+    exporter's backpressure and means nothing acknowledged is lost.
+    """
 
     def __init__(self, analyzer: Analyzer) -> None:
         self.analyzer = analyzer
+        self._ingest = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="otlp-ingest")
 
     async def Export(  # the gRPC method name
         self, request: ExportTraceServiceRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> ExportTraceServiceResponse:
+        await asyncio.get_running_loop().run_in_executor(self._ingest, self.ingest, request)
+        return ExportTraceServiceResponse()
+
+    def ingest(self, request: ExportTraceServiceRequest) -> None:
+        """Feed the wanted spans of one export to the analyzer (blocking)."""
         for resource_spans in request.resource_spans:
             for scope_spans in resource_spans.scope_spans:
                 for span in scope_spans.spans:
@@ -238,7 +252,6 @@ class OtlpTraceReceiver(TraceServiceServicer):
                         span.end_time_unix_nano,
                     )
                     feed(self.analyzer, records)
-        return ExportTraceServiceResponse()
 
 
 async def serve_otlp_receiver(

@@ -3,12 +3,14 @@
 Every transition of the controller is written in one transaction before the
 controller acts on the next tick, so a killed and restarted controller finds
 the rollout where it was: same phase, step and weight. A file that is not a
-readable rollout database is refused with a clear error, never treated as empty.
+readable rollout database (an emptied one included) is refused with a clear error,
+never treated as empty.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 from dataclasses import asdict, dataclass, fields
@@ -76,12 +78,35 @@ class DecisionRow:
     evidence: dict[str, Any]
 
 
+def _create(path: Path) -> None:
+    """Make a new state database under a temporary name, then move it into place:
+    a crash leaves either no file or a whole one, never an empty one."""
+    tmp = path.with_name(f".{path.name}.new")
+    for leftover in (tmp, tmp.with_name(tmp.name + "-wal"), tmp.with_name(tmp.name + "-shm")):
+        leftover.unlink(missing_ok=True)
+    db = sqlite3.connect(tmp, isolation_level=None)
+    try:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.executescript(SCHEMA)
+    finally:
+        db.close()  # the last connection checkpoints the WAL into the file
+    os.replace(tmp, path)
+
+
 class RolloutStore:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            if not self.path.exists():
+                _create(self.path)
+            elif self.path.stat().st_size == 0:
+                # _create never leaves an empty file behind, so this one was emptied.
+                raise StateError(
+                    f"rollout state file {self.path} is not usable: it is empty (0 bytes), "
+                    "so it was truncated; remove it to start with no rollout history"
+                )
             self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")

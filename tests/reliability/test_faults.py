@@ -311,6 +311,7 @@ def test_6_a_corrupt_state_file_is_refused_with_a_clear_error(world: World) -> N
     for name, damage in (
         ("garbage", b"this is not a database" * 200),
         ("truncated", good[: len(good) // 2]),
+        ("emptied", b""),
     ):
         world.state.write_bytes(damage)
         for side in ("rollouts.db-wal", "rollouts.db-shm"):

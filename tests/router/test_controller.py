@@ -304,6 +304,13 @@ def test_a_corrupt_state_file_is_refused(tmp_path) -> None:  # type: ignore[no-u
     path.write_bytes(b"this is not a database" * 100)
     with pytest.raises(StateError, match="not usable"):
         RolloutStore(path)
+    path.write_bytes(b"")  # emptied: not the same as no file, which starts a new history
+    with pytest.raises(StateError, match="empty"):
+        RolloutStore(path)
+    path.unlink()
+    RolloutStore(path).close()
+    assert path.stat().st_size > 0  # created whole, never left empty
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
 async def test_decisions_reach_the_webhook(registry_copy: TrainedRegistry) -> None:

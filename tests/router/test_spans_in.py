@@ -230,6 +230,34 @@ async def test_otlp_receiver_reaches_the_same_evidence() -> None:
         await server.stop(None)
 
 
+async def test_the_otlp_receiver_scores_spans_off_the_event_loop() -> None:
+    """Export hands a batch to the ingest thread: the loop a router shares with the
+    receiver keeps serving calls while spans are scored (STYLE: span hooks enqueue)."""
+
+    threads: set[str] = set()
+
+    class Recording(Analyzer):
+        def add_forecast(self, record: ForecastRecord) -> None:
+            threads.add(threading.current_thread().name)
+            super().add_forecast(record)
+
+    remote = Recording()
+    server, port = await serve_otlp_receiver(remote)
+    provider = TracerProvider()
+    provider.add_span_processor(
+        BatchSpanProcessor(OTLPSpanExporter(endpoint=f"127.0.0.1:{port}", insecure=True))
+    )
+    try:
+        emit(provider.get_tracer("test"))
+        assert await asyncio.to_thread(provider.force_flush)
+        check(remote)  # answered only once the spans were in the analyzer
+        assert threads and threading.current_thread().name not in threads
+        assert all(name.startswith("otlp-ingest") for name in threads)
+    finally:
+        await asyncio.to_thread(provider.shutdown)
+        await server.stop(None)
+
+
 def test_a_failed_attempt_counts_as_a_failed_call_of_its_variant() -> None:
     from opentelemetry.sdk.trace import TracerProvider
 
