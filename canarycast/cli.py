@@ -191,9 +191,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=50050, help="gRPC port, 0 for a free one")
     p.add_argument("--metrics-port", type=int, help="Prometheus /metrics port (off if unset)")
     p.add_argument(
-        "--stable", nargs="+", required=True, metavar="HOST:PORT", help="stable replicas"
+        "--stable",
+        nargs="+",
+        required=True,
+        metavar="HOST:PORT",
+        help="stable replicas; dns:///HOST:PORT stands for every address HOST resolves to "
+        "(a headless Service), re-resolved every --dns-refresh seconds",
     )
-    p.add_argument("--canary", nargs="+", default=[], metavar="HOST:PORT", help="canary replicas")
+    p.add_argument(
+        "--canary", nargs="+", default=[], metavar="HOST:PORT", help="canary replicas (as --stable)"
+    )
+    p.add_argument(
+        "--dns-refresh",
+        type=float,
+        default=5.0,
+        help="seconds between resolutions of dns:/// backends (default: %(default)s)",
+    )
     p.add_argument(
         "--canary-weight",
         type=float,
@@ -529,6 +542,7 @@ def cmd_route(args: argparse.Namespace) -> int:
             grace=args.grace,
             drain_delay=args.drain_delay,
             max_concurrent_rpcs=args.max_concurrent_rpcs,
+            dns_refresh=args.dns_refresh,
             controller=controller,
             tls=tls,
             follow=args.follow,

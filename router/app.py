@@ -4,6 +4,7 @@ answered by forwarding to stable and canary backends (see `router.proxy`)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -29,7 +30,14 @@ from canarycast.v1 import forecast_pb2 as pb
 from canarycast.v1 import rollout_pb2_grpc as rpb_grpc
 from canarycast.validation import Limits
 from router.analysis import Analyzer
-from router.backends import SERVICE, BackendPool, Replica
+from router.backends import (
+    SERVICE,
+    BackendPool,
+    Replica,
+    Resolver,
+    parse_dns_target,
+    resolve,
+)
 from router.control import AdminAuth, RolloutControlServicer
 from router.controller import Controller, RolloutPolicy
 from router.follow import WeightFollower
@@ -97,6 +105,7 @@ class RouterSettings:
     backend_tls: ClientTLS | None = None  # TLS (mTLS) to the model servers
     rate_limit: RateLimit | None = None  # token bucket on Forecast/Observe; None: off
     max_concurrent_rpcs: int | None = None  # beyond: RESOURCE_EXHAUSTED at once; None: no limit
+    dns_refresh: float = 5.0  # seconds between resolutions of dns:///HOST:PORT backends
 
 
 class RouterServer:
@@ -106,9 +115,13 @@ class RouterServer:
         *,
         tracer_provider: trace.TracerProvider | None = None,
         metrics: RouterMetrics | None = None,
+        resolver: Resolver = resolve,
     ) -> None:
+        """`resolver`: what dns:///HOST:PORT backends resolve with (the system resolver)."""
         if not settings.stable:
             raise ValueError("at least one stable backend is required")
+        if settings.dns_refresh <= 0:
+            raise ValueError("--dns-refresh must be above 0 seconds")
         if settings.follow is not None and settings.controller is not None:
             raise ValueError("a router either runs the controller or follows one, not both")
         self.settings = settings
@@ -122,18 +135,26 @@ class RouterServer:
         )
 
         def pool(variant: str, addresses: Sequence[str]) -> BackendPool:
+            def replica(address: str, authority: str | None = None) -> Replica:
+                return Replica(
+                    variant,
+                    address,
+                    keepalive=settings.keepalive,
+                    on_health=self._health,
+                    credentials=backend_credentials,
+                    authority=authority,
+                )
+
+            targets = [(a, parse_dns_target(a)) for a in addresses]
             return BackendPool(
                 variant,
-                [
-                    Replica(
-                        variant,
-                        a,
-                        keepalive=settings.keepalive,
-                        on_health=self._health,
-                        credentials=backend_credentials,
-                    )
-                    for a in addresses
-                ],
+                [replica(a) for a, dns in targets if dns is None],
+                dns_targets=[dns for _, dns in targets if dns is not None],
+                make_replica=replica,
+                on_removed=self._removed,
+                resolver=resolver,
+                refresh=settings.dns_refresh,
+                drain=settings.grace,
             )
 
         self.mirror = MirrorQueue(
@@ -283,9 +304,18 @@ class RouterServer:
         self.metrics.backend_serving.labels(replica.variant, replica.address).set(
             1 if replica.serving else 0
         )
+        self._health_changed_soon()
+
+    def _health_changed_soon(self) -> None:
         task = asyncio.get_running_loop().create_task(self._notify_health())
         self._notifications.add(task)  # the loop keeps only weak references to tasks
         task.add_done_callback(self._notifications.discard)
+
+    def _removed(self, replica: Replica) -> None:
+        """A DNS backend's address went away: its gauge goes too (no stale alert)."""
+        with contextlib.suppress(KeyError):
+            self.metrics.backend_serving.remove(replica.variant, replica.address)
+        self._health_changed_soon()
 
     async def _notify_health(self) -> None:
         async with self._health_changed:
@@ -299,6 +329,7 @@ class RouterServer:
                 self.metrics.registry, self.settings.metrics_port, self.settings.host
             )
         for pool in self.router.pools.values():
+            await pool.discover()  # DNS backends: the addresses they stand for now
             for replica in pool.replicas:
                 self._health(replica)
             pool.start()

@@ -224,6 +224,16 @@ def test_servers_follow_their_aliases_with_grpc_probes_and_hardening(render: Ren
         service = find(m, "Service", f"{FULL}-{variant}")
         grpc_port = next(p for p in service["spec"]["ports"] if p["name"] == "grpc")
         assert grpc_port["appProtocol"] == "grpc" and grpc_port["port"] == 50051
+        # routers resolve the headless twin to every ready pod and balance per call
+        pods = find(m, "Service", f"{FULL}-{variant}-pods")
+        assert pods["spec"]["clusterIP"] == "None"
+        assert pods["spec"]["selector"] == service["spec"]["selector"]
+        assert pods["spec"]["ports"][0]["port"] == 50051
+        for component in ("router", "controller"):
+            args = container(find(m, "Deployment", f"{FULL}-{component}"))["args"]
+            assert (
+                flag(args, f"--{variant}") == f"dns:///{FULL}-{variant}-pods.{NAMESPACE}.svc:50051"
+            )
     # no canary version in values yet: no idle canary servers
     assert find(m, "Deployment", f"{FULL}-canary")["spec"]["replicas"] == 0
     assert find(m, "Deployment", f"{FULL}-stable")["spec"]["replicas"] == 2
@@ -293,8 +303,8 @@ def test_the_controller_is_one_replica_with_state_policy_and_token(
     args = container(controller)["args"]
     assert flag(args, "--registry") == "/var/lib/canarycast/registry"
     assert flag(args, "--model") == "temps"
-    assert flag(args, "--stable") == f"{FULL}-stable:50051"
-    assert flag(args, "--canary") == f"{FULL}-canary:50051"
+    assert flag(args, "--stable") == f"dns:///{FULL}-stable-pods.{NAMESPACE}.svc:50051"
+    assert flag(args, "--canary") == f"dns:///{FULL}-canary-pods.{NAMESPACE}.svc:50051"
     assert flag(args, "--otlp-port") == "4317"
     assert_hardened(controller)
     volumes = {v["name"]: v for v in controller["spec"]["template"]["spec"]["volumes"]}
@@ -472,12 +482,16 @@ def test_monitoring_resources_are_rendered_when_enabled(render: Render) -> None:
     assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
     # every Service it selects has a port named `metrics`
     selector = monitor["spec"]["selector"]["matchLabels"]
+    [absent] = monitor["spec"]["selector"]["matchExpressions"]
+    assert absent["operator"] == "DoesNotExist"
     services = [
         s
         for s in m
-        if s["kind"] == "Service" and selector.items() <= s["metadata"]["labels"].items()
+        if s["kind"] == "Service"
+        and selector.items() <= s["metadata"]["labels"].items()
+        and absent["key"] not in s["metadata"]["labels"]
     ]
-    assert len(services) == 4
+    assert len(services) == 4  # stable, canary, router, controller: each pod scraped once
     assert all("metrics" in {p["name"] for p in s["spec"]["ports"]} for s in services)
     rule = find(m, "PrometheusRule", FULL)
     alerts = {r["alert"] for g in rule["spec"]["groups"] for r in g["rules"]}

@@ -93,12 +93,13 @@ canarycast.io/variant: {{ . }}
 {{- if eq .Values.registry.source "image" }}{{ .Values.registry.imagePath }}{{ else }}/var/lib/canarycast/registry{{ end }}
 {{- end }}
 
-{{/* The addresses the routers (and the controller) send calls to. */}}
+{{/* The addresses the routers (and the controller) send calls to: the headless
+Services, which resolve to every ready pod, so routers balance per call. */}}
 {{- define "canarycast.stableAddress" -}}
-{{ include "canarycast.serverName" (dict "root" . "variant" "stable") }}:{{ .Values.server.port }}
+dns:///{{ include "canarycast.serverName" (dict "root" . "variant" "stable") }}-pods.{{ .Release.Namespace }}.svc:{{ .Values.server.port }}
 {{- end }}
 {{- define "canarycast.canaryAddress" -}}
-{{ include "canarycast.serverName" (dict "root" . "variant" "canary") }}:{{ .Values.server.port }}
+dns:///{{ include "canarycast.serverName" (dict "root" . "variant" "canary") }}-pods.{{ .Release.Namespace }}.svc:{{ .Values.server.port }}
 {{- end }}
 {{- define "canarycast.controllerAddress" -}}
 {{ include "canarycast.controllerName" . }}:{{ .Values.controller.port }}
