@@ -151,6 +151,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=params.max_windows_per_epoch,
         help="subsample training windows per epoch",
     )
+    p.add_argument(
+        "--no-calibrate",
+        action="store_true",
+        help="keep the raw quantile head (default: conformalize the intervals on validation)",
+    )
     p.add_argument("--alias", action="append", default=[], help="point this alias at the result")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the registered version as JSON")
@@ -312,9 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: $CANARYCAST_ADMIN_TOKEN, else $CANARYCAST_VIEWER_TOKEN)",
     )
     p.add_argument("--timeout", type=float, default=30.0, help="deadline per call, seconds")
-    p.add_argument("--tls-ca", type=Path, help="use TLS, trusting this CA (PEM)")
-    p.add_argument("--tls-cert", type=Path, help="client certificate for mTLS, PEM")
-    p.add_argument("--tls-key", type=Path, help="client private key for mTLS, PEM")
+    _control_tls_args(p)
     rsub = p.add_subparsers(dest="rollout_command", required=True, metavar="ACTION")
     start = rsub.add_parser("start", help="roll out a candidate version")
     start.add_argument("--candidate", required=True, help="NAME:VERSION")
@@ -414,6 +417,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             seed=args.seed,
             max_windows_per_epoch=args.max_windows_per_epoch,
             series_ids=tuple(args.series) if args.series else None,
+            calibrate=not args.no_calibrate,
         )
     except ValueError as exc:
         print(f"canarycast train: {exc}", file=sys.stderr)
@@ -574,15 +578,12 @@ def cmd_rollout(args: argparse.Namespace) -> int:
         phase_name,
         status_dict,
     )
-    from canarycast.tls import channel_credentials
     from canarycast.v1 import rollout_pb2 as rpb
     from router.control import load_admin_token, load_viewer_token
 
     try:
         token = load_admin_token(args.token_file) or load_viewer_token(None)
-        credentials = None
-        if args.tls_ca is not None or args.tls_cert is not None:
-            credentials = channel_credentials(args.tls_ca, args.tls_cert, args.tls_key)
+        credentials = _control_credentials(args)
     except ValueError as exc:
         print(f"canarycast rollout: {exc}", file=sys.stderr)
         return 2
@@ -827,6 +828,7 @@ def _lifecycle_parsers(sub: Any) -> None:
     )
     p.add_argument("--router", default="127.0.0.1:50050", help="router HOST:PORT (control API)")
     p.add_argument("--token-file", type=Path, help="admin token (default: $CANARYCAST_ADMIN_TOKEN)")
+    _control_tls_args(p)
     for flag in ("--lookback", "--horizon", "--hidden", "--layers", "--epochs", "--seed"):
         p.add_argument(flag, type=int, help="override the stable model's recipe")
     p.add_argument("--max-windows-per-epoch", type=int, help="override the stable model's recipe")
@@ -838,6 +840,22 @@ def _lifecycle_parsers(sub: Any) -> None:
     p.add_argument("--params", type=Path, default=Path("params.yaml"), help="parameters, YAML")
     p.add_argument("--out", type=Path, default=Path("pipeline-out"), help="outputs folder")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _control_tls_args(p: argparse.ArgumentParser) -> None:
+    """The client side of the control API's TLS (`route --tls-*` on the controller)."""
+    p.add_argument("--tls-ca", type=Path, help="use TLS, trusting this CA (PEM)")
+    p.add_argument("--tls-cert", type=Path, help="client certificate for mTLS, PEM")
+    p.add_argument("--tls-key", type=Path, help="client private key for mTLS, PEM")
+
+
+def _control_credentials(args: argparse.Namespace) -> Any:
+    """TLS credentials from --tls-ca/--tls-cert/--tls-key, or None for plaintext."""
+    from canarycast.tls import channel_credentials
+
+    if args.tls_ca is None and args.tls_cert is None and args.tls_key is None:
+        return None
+    return channel_credentials(args.tls_ca, args.tls_cert, args.tls_key)
 
 
 def _drift_report(args: argparse.Namespace) -> Any:
@@ -914,6 +932,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     outcome: dict[str, Any] = {"model": args.model}
     try:
         token = None if args.dry_run else load_admin_token(args.token_file)
+        credentials = _control_credentials(args)
         if args.on_drift:
             report = _drift_report(args)
             say(report.format())
@@ -980,7 +999,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(outcome, default=str))
         return 0
-    with RolloutClient(args.router, token) as client:
+    with RolloutClient(args.router, token, credentials=credentials) as client:
         try:
             status = client.start(f"{args.model}:{version.version}", actor="retrain")
         except grpc.RpcError as exc:

@@ -93,8 +93,9 @@ class Replica:
         options: list[tuple[str, int | str]] = list(channel_options(keepalive))
         if authority is not None:
             options.append(("grpc.default_authority", authority))
-            if credentials is not None:
-                options.append(("grpc.ssl_target_name_override", authority))
+            if credentials is not None:  # the certificate names the host, not host:port
+                host = authority.rpartition(":")[0] or authority
+                options.append(("grpc.ssl_target_name_override", host))
         self.channel = (
             grpc.aio.secure_channel(address, credentials, options=options)
             if credentials is not None

@@ -49,6 +49,23 @@ COMBINATIONS: dict[str, dict[str, Any]] = {
     "tls": {
         "router": {"tls": {"enabled": True, "secretName": "router-tls", "clientAuth": True}},
     },
+    # TLS inside the release (servers, controller, OTLP), analyzer mode.
+    "internal-tls": {
+        "tls": {"internal": {"enabled": True, "secretName": "internal-tls"}},
+    },
+    # ... with client certificates, through a Collector, beside TLS on the routers' port and
+    # the retraining job (which starts its rollouts over the same mTLS).
+    "internal-mtls": {
+        "tls": {"internal": {"enabled": True, "secretName": "internal-tls", "mtls": True}},
+        "router": {"tls": {"enabled": True, "secretName": "router-tls", "clientAuth": True}},
+        "tracing": {
+            "mode": "collector",
+            "collectorEndpoint": "https://otel-collector.observability.svc:4317",
+        },
+        "otelCollector": {"config": {"enabled": True}},
+        "observations": {"enabled": True},
+        "retrain": {"enabled": True},
+    },
     "existing-secret": {
         "controller": {
             "adminToken": {"existingSecret": "ops-token", "secretKey": "admin"},

@@ -528,6 +528,21 @@ def test_monitoring_resources_are_rendered_when_enabled(render: Render) -> None:
         ({"model": {"name": "bad name"}}, "/model/name"),
         ({"retrain": {"enabled": True}}, "/observations/enabled"),
         ({"retrain": {"schedule": "every night"}}, "/retrain/schedule"),
+        ({"tls": {"internal": {"enabled": True}}}, "/tls/internal/secretName"),
+        ({"tls": {"internal": {"mtls": True, "secretName": "x"}}}, "/tls/internal/enabled"),
+        (
+            {"tls": {"internal": {"enabled": True, "secretName": "Internal_TLS"}}},
+            "/tls/internal/secretName",
+        ),
+        ({"tls": {"internal": {"enable": True}}}, "enable"),
+        ({"tls": {"external": {}}}, "external"),
+        (
+            {
+                "tls": {"internal": {"enabled": True, "secretName": "x"}},
+                "tracing": {"mode": "collector", "collectorEndpoint": "http://otel:4317"},
+            },
+            "/tracing/collectorEndpoint",
+        ),
     ],
 )
 def test_bad_values_are_rejected_by_the_schema(

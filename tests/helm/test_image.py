@@ -90,7 +90,7 @@ def test_every_rendered_command_is_accepted_by_the_real_cli(
         except SystemExit as exc:
             raise AssertionError(f"{where}: {capsys.readouterr().err}") from exc
         checked += 1
-        if args.command in ("route", "retrain"):
+        if args.command in ("serve", "route", "retrain"):
             # every path the chart passes is one it mounts (or the registry in the image)
             mounts = [v["mountPath"] for v in c.get("volumeMounts", [])]
             if COMBINATIONS[combination].get("registry", {}).get("source") == "image":

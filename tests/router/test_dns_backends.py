@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -160,3 +161,64 @@ def test_a_bad_dns_backend_or_refresh_is_refused_naming_it() -> None:
         RouterServer(RouterSettings(stable=["dns:///stable"], port=0))
     with pytest.raises(ValueError, match="--dns-refresh"):
         RouterServer(RouterSettings(stable=["dns:///stable:1"], port=0, dns_refresh=0))
+
+
+async def test_pods_dialled_by_ip_are_checked_against_the_services_name_over_tls(
+    registry_copy: TrainedRegistry, tmp_path: Path
+) -> None:
+    """A pod's certificate names the headless Service, not the pod's IP: the router dials
+    the IP and checks the certificate against the name it resolved."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from canarycast.tls import ClientTLS, ServerTLS
+    from tests.router.test_tls import _cert, _write_key
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = _cert("test CA", ca_key, None, ca_key, ca=True)
+    (tmp_path / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    for name in ("stable-pods.forecasts.svc", "someone-else.svc"):
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = _cert(name, key, ca, ca_key, server=True, names=[x509.DNSName(name)])
+        (tmp_path / f"{name}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        _write_key(tmp_path / f"{name}.key", key)
+
+    async def router_to(cert_name: str) -> tuple[ModelServer, RouterServer]:
+        server = ModelServer(
+            ServerSettings(
+                registry=registry_copy.root,
+                model=f"{MODEL}@stable",
+                port=0,
+                tls=ServerTLS(tmp_path / f"{cert_name}.pem", tmp_path / f"{cert_name}.key"),
+            )
+        )
+        await server.start()
+        router = RouterServer(
+            RouterSettings(
+                stable=["dns:///stable-pods.forecasts.svc:50051"],
+                port=0,
+                backend_tls=ClientTLS(tmp_path / "ca.pem"),
+            ),
+            resolver=Dns(f"127.0.0.1:{server.port}"),
+        )
+        await router.start()
+        return server, router
+
+    server, router = await router_to("stable-pods.forecasts.svc")
+    try:
+        async with asyncio.timeout(20):
+            await router.wait_for_backends()
+        assert set(await calls(router, 3)) == {grpc.StatusCode.OK}
+    finally:
+        await router.stop(grace=1)
+        await server.stop(grace=1)
+
+    server, router = await router_to("someone-else.svc")  # the wrong name: never trusted
+    try:
+        await asyncio.sleep(1.0)  # several health-watch attempts
+        assert not router.router.pools["stable"].serving
+        assert set(await calls(router, 2)) == {grpc.StatusCode.UNAVAILABLE}
+    finally:
+        await router.stop(grace=1)
+        await server.stop(grace=1)

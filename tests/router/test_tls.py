@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import ipaddress
+import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -45,7 +47,9 @@ def _cert(
     *,
     ca: bool = False,
     server: bool = False,
+    names: Sequence[x509.GeneralName] | None = None,
 ) -> x509.Certificate:
+    """`server`: the certificate names `names` (default: localhost and 127.0.0.1)."""
     now = dt.datetime.now(dt.UTC)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
     builder = (
@@ -61,7 +65,9 @@ def _cert(
     if server:
         builder = builder.add_extension(
             x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+                names
+                if names is not None
+                else [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
             ),
             critical=False,
         )
@@ -229,7 +235,7 @@ def test_route_and_rollout_commands_speak_mtls(
     )
     try:
 
-        def rollout(*flags: str) -> subprocess.CompletedProcess[str]:
+        def rollout(*flags: str, json_out: bool = False) -> subprocess.CompletedProcess[str]:
             return subprocess.run(
                 [
                     sys.executable,
@@ -240,6 +246,7 @@ def test_route_and_rollout_commands_speak_mtls(
                     router.target,
                     *flags,
                     "status",
+                    *(["--json"] if json_out else []),
                 ],
                 capture_output=True,
                 text=True,
@@ -247,7 +254,7 @@ def test_route_and_rollout_commands_speak_mtls(
                 env={**os.environ, **env},
             )
 
-        ok = rollout(
+        mtls_flags = (
             "--tls-ca",
             str(pki["ca"]),
             "--tls-cert",
@@ -255,6 +262,7 @@ def test_route_and_rollout_commands_speak_mtls(
             "--tls-key",
             str(pki["client_key"]),
         )
+        ok = rollout(*mtls_flags)
         assert ok.returncode == 0, ok.stderr
         assert "no rollout has run yet" in ok.stdout
         never = subprocess.run(
@@ -282,5 +290,51 @@ def test_route_and_rollout_commands_speak_mtls(
         assert never.returncode == 2 and "no rollout has run yet" in never.stderr
         refused = rollout("--tls-ca", str(pki["ca"]))  # no client certificate
         assert refused.returncode == 1 and "UNAVAILABLE" in refused.stderr
+
+        # `retrain` starts its rollout over the same mTLS (the chart's CronJob does this).
+        from server.observations import ObservationStore
+
+        store = registry_copy.root / "observations.db"
+        ObservationStore(store).close()
+        retrain = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "canarycast.cli",
+                "retrain",
+                "--registry",
+                str(registry_copy.root),
+                "--model",
+                MODEL,
+                "--observations",
+                str(store),
+                "--router",
+                router.target,
+                "--tls-ca",
+                str(pki["ca"]),
+                "--tls-cert",
+                str(pki["client_cert"]),
+                "--tls-key",
+                str(pki["client_key"]),
+                "--epochs",
+                "1",
+                "--max-windows-per-epoch",
+                "256",
+                "--tolerance",
+                "100",
+                "--no-progress",
+                "--json",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**os.environ, **env},
+        )
+        assert retrain.returncode == 0, retrain.stderr
+        outcome = json.loads(retrain.stdout)
+        assert outcome["action"] == "rollout", outcome
+        status = rollout(*mtls_flags, json_out=True)
+        assert status.returncode == 0, status.stderr
+        assert json.loads(status.stdout)["candidate_version"] == outcome["version"]
     finally:
         assert router.stop() == 0

@@ -174,3 +174,81 @@ capabilities:
     - name: tmp
       mountPath: /tmp
 {{- end }}
+
+{{/*
+In-cluster TLS (`tls.internal`): one kubernetes.io/tls Secret (tls.crt, tls.key, ca.crt)
+mounted read-only in every pod that listens on or dials a gRPC port inside the release.
+The same certificate serves every listener and, under `mtls`, is every client's
+certificate too; ca.crt is the CA each side trusts.
+*/}}
+{{- define "canarycast.internalTLSDir" -}}
+/etc/canarycast/internal-tls
+{{- end }}
+
+{{- define "canarycast.internalTLSVolume" -}}
+- name: internal-tls
+  secret:
+    secretName: {{ .Values.tls.internal.secretName }}
+    defaultMode: 0440
+{{- end }}
+
+{{- define "canarycast.internalTLSMount" -}}
+- name: internal-tls
+  mountPath: {{ include "canarycast.internalTLSDir" . }}
+  readOnly: true
+{{- end }}
+
+{{/* Flags of a TLS listener: (dict "root" $ "prefix" "--tls") gives --tls-cert, --tls-key
+(and --tls-client-ca under mtls). */}}
+{{- define "canarycast.internalTLSServerArgs" -}}
+{{- $dir := include "canarycast.internalTLSDir" .root -}}
+- {{ .prefix }}-cert
+- {{ $dir }}/tls.crt
+- {{ .prefix }}-key
+- {{ $dir }}/tls.key
+{{- if .root.Values.tls.internal.mtls }}
+- {{ .prefix }}-client-ca
+- {{ $dir }}/ca.crt
+{{- end }}
+{{- end }}
+
+{{/* Flags of a TLS client: (dict "root" $ "prefix" "--backend-tls") gives
+--backend-tls-ca (and the client certificate and key under mtls). */}}
+{{- define "canarycast.internalTLSClientArgs" -}}
+{{- $dir := include "canarycast.internalTLSDir" .root -}}
+- {{ .prefix }}-ca
+- {{ $dir }}/ca.crt
+{{- if .root.Values.tls.internal.mtls }}
+- {{ .prefix }}-cert
+- {{ $dir }}/tls.crt
+- {{ .prefix }}-key
+- {{ $dir }}/tls.key
+{{- end }}
+{{- end }}
+
+{{/* The OTel SDK's OTLP exporter over TLS: its standard variables (the endpoint must be
+https://). */}}
+{{- define "canarycast.internalTLSExporterEnv" -}}
+{{- $dir := include "canarycast.internalTLSDir" . -}}
+- name: OTEL_EXPORTER_OTLP_CERTIFICATE
+  value: {{ $dir }}/ca.crt
+{{- if .Values.tls.internal.mtls }}
+- name: OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE
+  value: {{ $dir }}/tls.crt
+- name: OTEL_EXPORTER_OTLP_CLIENT_KEY
+  value: {{ $dir }}/tls.key
+{{- end }}
+{{- end }}
+
+{{/* The host names the in-cluster certificate must carry (subjectAltName), one a line. */}}
+{{- define "canarycast.internalTLSNames" -}}
+{{ include "canarycast.serverName" (dict "root" . "variant" "stable") }}-pods.{{ .Release.Namespace }}.svc
+{{- if .Values.canary.enabled }}
+{{ include "canarycast.serverName" (dict "root" . "variant" "canary") }}-pods.{{ .Release.Namespace }}.svc
+{{- end }}
+{{ include "canarycast.controllerName" . }}
+{{ include "canarycast.controllerName" . }}.{{ .Release.Namespace }}.svc
+{{- if eq .Values.tracing.mode "collector" }}
+{{ (urlParse .Values.tracing.collectorEndpoint).host | splitList ":" | first }}
+{{- end }}
+{{- end }}
