@@ -373,6 +373,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the answer as JSON")
     _tls_args(p, "--tls", "TLS to the server or router", server=False)
 
+    from canarycast import health
+
+    p = sub.add_parser("health", help="one grpc.health.v1 check (exec probes; TLS too)")
+    health.add_arguments(p)
+
     _lifecycle_parsers(sub)
 
     p = sub.add_parser("demo", help="a canary promoted and one rolled back, live, on one machine")
@@ -1032,6 +1037,13 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_health(args: argparse.Namespace) -> int:
+    """Exit 0 SERVING, 1 answered but not SERVING, 2 no answer."""
+    from canarycast import health
+
+    return health.run(args)
+
+
 COMMANDS = {
     "train": cmd_train,
     "serve": cmd_serve,
@@ -1043,12 +1055,18 @@ COMMANDS = {
     "drift": cmd_drift,
     "retrain": cmd_retrain,
     "pipeline": cmd_pipeline,
+    "health": cmd_health,
 }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     from canarycast.telemetry import configure_logging
 
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["health"]:  # a probe every few seconds: no torch import, no logging set-up
+        from canarycast import health
+
+        return health.main(argv[1:])
     args = build_parser().parse_args(argv)
     configure_logging()
     return COMMANDS[args.command](args)

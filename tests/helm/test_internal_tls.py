@@ -1,5 +1,6 @@
 """TLS inside the release (`tls.internal`): every gRPC listener gets the certificate, every
-gRPC client the CA (and, under mTLS, the client certificate), probes on TLS ports turn TCP,
+gRPC client the CA (and, under mTLS, the client certificate), probes on TLS ports become
+`canarycast health` exec probes (the routers' application port: TCP),
 and every host a client dials is a name the NOTES tell the operator to put in the
 certificate. The combinations `internal-tls` and `internal-mtls` (conftest) also run
 through every check of test_chart.py and test_image.py (schemas, the real argparse)."""
@@ -30,6 +31,7 @@ DIR = "/etc/canarycast/internal-tls"
 CERT, KEY, CA = f"{DIR}/tls.crt", f"{DIR}/tls.key", f"{DIR}/ca.crt"
 SECRET = "internal-tls"
 CONTROLLER = f"{FULL}-controller"
+FORECASTER = "canarycast.v1.Forecaster"
 
 
 def pod_spec(deployment: dict[str, Any]) -> dict[str, Any]:
@@ -65,6 +67,30 @@ def assert_tcp_probes(c: dict[str, Any], probes: tuple[str, ...]) -> None:
         assert "grpc" not in c[probe], probe
 
 
+def assert_exec_probes(
+    c: dict[str, Any], probes: dict[str, str], port: int, name: str, mtls: bool
+) -> None:
+    """`probes`: probe -> the grpc.health.v1 service it checks; each is `canarycast health`
+    over TLS against the pod's own port, checking the name clients dial, parsed by the
+    command's real argument parser."""
+    from canarycast.health import parser
+
+    mounted = {m["mountPath"] for m in c["volumeMounts"]}
+    for probe, service in probes.items():
+        command = c[probe]["exec"]["command"]
+        assert command[:2] == ["canarycast", "health"], probe
+        args = parser().parse_args(command[2:])
+        assert args.target == f"127.0.0.1:{port}" and args.service == service, probe
+        assert args.tls_server_name == name, probe
+        assert str(args.tls_ca) == CA, probe
+        if mtls:
+            assert (str(args.tls_cert), str(args.tls_key)) == (CERT, KEY), probe
+        else:
+            assert args.tls_cert is None and args.tls_key is None, probe
+        assert DIR in mounted
+        assert "grpc" not in c[probe] and "tcpSocket" not in c[probe], probe
+
+
 def assert_paths_in_the_secret(deployment: dict[str, Any], c: dict[str, Any]) -> int:
     """Every in-cluster TLS path the container is given lies in a read-only mount of the
     Secret; returns how many there were."""
@@ -91,7 +117,9 @@ def test_every_listener_gets_the_certificate_and_every_client_the_ca(
         server = find(m, "Deployment", f"{FULL}-{variant}")
         c = container(server)
         assert_server_flags(c["args"], "--tls", mtls)
-        assert_tcp_probes(c, ("startupProbe", "livenessProbe", "readinessProbe"))
+        probes = {"startupProbe": "", "livenessProbe": "", "readinessProbe": FORECASTER}
+        name = f"{FULL}-{variant}-pods.{NAMESPACE}.svc"  # what the routers check
+        assert_exec_probes(c, probes, 50051, name, mtls)
         # mtls: its port, and its exporter to the Collector (collector mode)
         assert assert_paths_in_the_secret(server, c) == (6 if mtls else 2)
 
@@ -100,7 +128,7 @@ def test_every_listener_gets_the_certificate_and_every_client_the_ca(
     assert_server_flags(c["args"], "--tls", mtls)  # control API and weight stream
     assert_server_flags(c["args"], "--otlp-tls", mtls)  # the analyzer's OTLP receiver
     assert_client_flags(c["args"], "--backend-tls", mtls)  # its own channels to the servers
-    assert_tcp_probes(c, ("livenessProbe", "readinessProbe"))
+    assert_exec_probes(c, {"livenessProbe": "", "readinessProbe": ""}, 50050, CONTROLLER, mtls)
     assert assert_paths_in_the_secret(controller, c) == (9 if mtls else 5)
 
     router = find(m, "Deployment", f"{FULL}-router")

@@ -240,6 +240,32 @@ https://). */}}
 {{- end }}
 {{- end }}
 
+{{/* An exec probe over the in-cluster TLS: `canarycast health` (grpc only, no torch) dials
+the pod's own port and checks the certificate against the name clients use.
+(dict "root" $ "port" 50051 "service" "" "name" "host.ns.svc") */}}
+{{- define "canarycast.internalTLSHealthExec" -}}
+{{- $dir := include "canarycast.internalTLSDir" .root -}}
+exec:
+  command:
+    - canarycast
+    - health
+    - --target
+    - 127.0.0.1:{{ .port }}
+    - --service
+    - {{ .service | quote }}
+    - --tls-server-name
+    - {{ .name }}
+    - --tls-ca
+    - {{ $dir }}/ca.crt
+    {{- if .root.Values.tls.internal.mtls }}
+    - --tls-cert
+    - {{ $dir }}/tls.crt
+    - --tls-key
+    - {{ $dir }}/tls.key
+    {{- end }}
+timeoutSeconds: 3
+{{- end }}
+
 {{/* The host names the in-cluster certificate must carry (subjectAltName), one a line. */}}
 {{- define "canarycast.internalTLSNames" -}}
 {{ include "canarycast.serverName" (dict "root" . "variant" "stable") }}-pods.{{ .Release.Namespace }}.svc
