@@ -6,6 +6,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+import structlog
+
+log = structlog.get_logger("canarycast.tls")
 
 
 def _read(path: str | Path, what: str) -> bytes:
@@ -25,14 +28,41 @@ class ServerTLS:
     client_ca: Path | None = None
 
     def credentials(self) -> grpc.ServerCredentials:
-        pair = (_read(self.key, "TLS key"), _read(self.cert, "TLS certificate"))
-        if self.client_ca is None:
-            return grpc.ssl_server_credentials([pair])
-        return grpc.ssl_server_credentials(
-            [pair],
-            root_certificates=_read(self.client_ca, "client CA"),
-            require_client_auth=True,
+        """Credentials that follow the files: when one of them changes (cert-manager
+        renewing a mounted Secret swaps all of them at once), the next handshake uses the
+        new ones; connections already open keep theirs. A set that cannot be read keeps
+        the last good one (logged)."""
+        config = self._configuration()  # a missing file: ValueError naming it, at start-up
+        current = {"stamp": self._stamp(), "config": config}
+
+        def fetch() -> grpc.ServerCertificateConfiguration | None:
+            try:
+                stamp = self._stamp()
+                if stamp == current["stamp"]:
+                    return None
+                config = self._configuration()
+            except (OSError, ValueError) as exc:
+                log.warning("tls_reload_failed", cert=str(self.cert), error=str(exc))
+                return None
+            current.update(stamp=stamp, config=config)
+            log.info("tls_reloaded", cert=str(self.cert))
+            return config
+
+        return grpc.dynamic_ssl_server_credentials(
+            current["config"], fetch, require_client_authentication=self.client_ca is not None
         )
+
+    def _files(self) -> list[Path]:
+        return [self.cert, self.key] + ([self.client_ca] if self.client_ca else [])
+
+    def _stamp(self) -> tuple[tuple[int, int, int], ...]:
+        stats = [Path(f).stat() for f in self._files()]
+        return tuple((s.st_ino, s.st_size, s.st_mtime_ns) for s in stats)
+
+    def _configuration(self) -> grpc.ServerCertificateConfiguration:
+        pair = (_read(self.key, "TLS key"), _read(self.cert, "TLS certificate"))
+        ca = _read(self.client_ca, "client CA") if self.client_ca else None
+        return grpc.ssl_server_certificate_configuration([pair], root_certificates=ca)
 
 
 def channel_credentials(

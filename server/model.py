@@ -2,7 +2,10 @@
 
 Every window is scaled on its own (:func:`scale_windows`), so one model serves series of
 any level and spread; the network sees and predicts scaled values only, and
-:func:`predict` maps its quantiles back to original units.
+:func:`predict` maps its quantiles back to original units. The network carries a
+conformal interval correction (``interval_offset``, fitted after training by
+:func:`server.training.train`) in its state dict, so every copy of the weights (the
+registry's, a traced one) serves the calibrated intervals.
 """
 
 from __future__ import annotations
@@ -129,9 +132,15 @@ class LSTMForecaster(torch.nn.Module):
     times ``s``, corrects the seasonal-naive forecast of the window (its last ``m`` values
     repeated) for every quantile. The head starts at zero, so an untrained network
     forecasts seasonal naive; all of this is invariant to the window's level and scale.
+
+    ``interval_offset`` (horizon, n_quantiles), a persistent buffer, is added to the head's
+    output: the conformal correction of each quantile and step in the same normalised units
+    (divided by the window's scale and by ``s``), zero by default and for the median. It is
+    part of the state dict (so of the registry's content hash) and of any traced copy.
     """
 
     base_index: torch.Tensor  # (horizon,) input positions of the seasonal-naive forecast
+    interval_offset: torch.Tensor  # (horizon, n_quantiles) conformal correction, normalised
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -150,16 +159,23 @@ class LSTMForecaster(torch.nn.Module):
         m = config.season_length
         base = config.lookback - m + torch.arange(config.horizon) % m
         self.register_buffer("base_index", base, persistent=False)
+        offset = torch.zeros(config.horizon, config.n_quantiles)
+        self.register_buffer("interval_offset", offset, persistent=True)
+
+    def seasonal_scale(self, x: torch.Tensor) -> torch.Tensor:
+        """(batch, lookback) scaled -> (batch, 1): ``s``, the window's mean absolute
+        seasonal difference (floored), the unit of the head's output."""
+        m = self.config.season_length
+        return (x[:, m:] - x[:, :-m]).abs().mean(dim=1, keepdim=True).clamp_min(SEASONAL_FLOOR)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(batch, lookback) scaled -> (batch, horizon, n_quantiles) scaled."""
         m = self.config.season_length
-        diff = x[:, m:] - x[:, :-m]
-        s = diff.abs().mean(dim=1, keepdim=True).clamp_min(SEASONAL_FLOOR)
-        diff = torch.nn.functional.pad(diff / s, (m, 0))
+        s = self.seasonal_scale(x)
+        diff = torch.nn.functional.pad((x[:, m:] - x[:, :-m]) / s, (m, 0))
         out, _ = self.lstm(torch.stack((x, diff), dim=-1))
         y = self.head(out[:, -1, :]).view(x.shape[0], self.config.horizon, -1)
-        return x[:, self.base_index].unsqueeze(-1) + s.unsqueeze(-1) * y
+        return x[:, self.base_index].unsqueeze(-1) + s.unsqueeze(-1) * (y + self.interval_offset)
 
 
 def scale_windows(windows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -204,8 +220,14 @@ def predict(net: LSTMForecaster, windows: np.ndarray) -> np.ndarray:
 def build_model(
     config: ModelConfig, state_dict: Mapping[str, torch.Tensor] | None = None
 ) -> LSTMForecaster:
-    """A network for ``config`` in eval mode, with ``state_dict`` loaded strictly if given."""
+    """A network for ``config`` in eval mode, with ``state_dict`` loaded strictly if given.
+
+    A state dict saved before the conformal correction existed has no ``interval_offset``:
+    it loads with the correction at zero (the intervals it was trained and scored with).
+    """
     net = LSTMForecaster(config)
     if state_dict is not None:
-        net.load_state_dict(dict(state_dict), strict=True)
+        state = dict(state_dict)
+        state.setdefault("interval_offset", torch.zeros_like(net.interval_offset))
+        net.load_state_dict(state, strict=True)
     return net.eval()

@@ -171,3 +171,79 @@ def test_predict_from_threads() -> None:
         t.join()
     for (i, _), out in results.items():
         np.testing.assert_array_equal(out, expected[i])
+
+
+def _calibrated(config: ModelConfig = TINY, seed: int = 0) -> LSTMForecaster:
+    """A random net with a conformal offset on its outer quantiles (not on the median)."""
+    net = _random_model(config, seed)
+    delta = torch.linspace(-0.3, 0.9, config.horizon)
+    with torch.no_grad():
+        net.interval_offset[:, 0] = -delta
+        net.interval_offset[:, -1] = delta
+    return net
+
+
+def test_interval_offset_is_a_zero_buffer_in_the_state_dict() -> None:
+    net = build_model(TINY)
+    state = net.state_dict()
+    assert "interval_offset" in state
+    assert state["interval_offset"].shape == (TINY.horizon, TINY.n_quantiles)
+    assert not state["interval_offset"].any()
+    assert "interval_offset" not in dict(net.named_parameters())  # not trained by the optimiser
+
+
+def test_interval_offset_moves_the_outer_quantiles_by_delta_times_s() -> None:
+    plain, net = _random_model(), _calibrated()
+    x = _windows(16, TINY.lookback)
+    before, after = predict(plain, x), predict(net, x)
+    scaled, _, scale = scale_windows(x)
+    s = plain.seasonal_scale(torch.from_numpy(scaled).float()).double().numpy()  # (16, 1)
+    delta = net.interval_offset[:, -1].double().numpy()  # (horizon,)
+    # raw outputs: sort the shifted quantiles the way predict does
+    with torch.inference_mode():
+        raw = plain(torch.from_numpy(scaled.astype(np.float32))).double().numpy()
+    raw[..., 0] -= delta * s
+    raw[..., -1] += delta * s
+    _, loc, _ = scale_windows(x)
+    expected = loc[:, :, None] + scale[:, :, None] * np.sort(raw, axis=-1)
+    np.testing.assert_allclose(after, expected, rtol=1e-5, atol=1e-5)
+    assert np.abs(after - before).max() > 0.1
+    # the network's median is untouched
+    xt = torch.from_numpy(scaled.astype(np.float32))
+    with torch.inference_mode():
+        torch.testing.assert_close(net(xt)[..., 1], plain(xt)[..., 1], rtol=0, atol=0)
+
+
+def test_calibrated_scaling_invariance() -> None:
+    net = _calibrated()
+    x = _windows(8, TINY.lookback)
+    base = predict(net, x)
+    for a, b in ((10.0, 1000.0), (0.01, -3.0)):
+        np.testing.assert_allclose(predict(net, a * x + b), a * base + b, rtol=1e-5, atol=1e-5)
+
+
+def test_state_dict_without_interval_offset_still_loads() -> None:
+    net = _random_model()
+    old = {k: v for k, v in net.state_dict().items() if k != "interval_offset"}
+    loaded = build_model(TINY, old)
+    assert not loaded.interval_offset.any()
+    x = _windows(3, TINY.lookback)
+    np.testing.assert_array_equal(predict(loaded, x), predict(net, x))
+    calibrated = _calibrated()
+    again = build_model(TINY, calibrated.state_dict())  # a new one keeps its offsets
+    assert torch.equal(again.interval_offset, calibrated.interval_offset)
+    np.testing.assert_array_equal(predict(again, x), predict(calibrated, x))
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::torch.jit.TracerWarning")
+def test_interval_offset_is_in_the_content_hash_and_a_traced_copy() -> None:
+    from server.registry import content_digest
+
+    plain, net = _random_model(), _calibrated()
+    config = TINY.to_dict()
+    assert content_digest(plain.state_dict(), config) != content_digest(net.state_dict(), config)
+    x = torch.from_numpy(scale_windows(_windows(4, TINY.lookback))[0]).float()
+    with torch.inference_mode():
+        traced = torch.jit.trace(net, x)
+        torch.testing.assert_close(traced(x), net(x))
+        assert not torch.equal(traced(x), plain(x))

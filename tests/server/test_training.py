@@ -11,8 +11,18 @@ import torch
 
 from server.data import DataError, Dataset, Series, load_dataset
 from server.model import ModelConfig, build_model, predict
+from server.pipeline import config_for
 from server.scoring import offline_scores
-from server.training import TrainParams, TrainResult, _build_windows, _val_loss, train
+from server.training import (
+    TrainParams,
+    TrainResult,
+    _build_windows,
+    _val_loss,
+    calibrate,
+    conformal_quantile,
+    interval_pairs,
+    train,
+)
 
 TINY = ModelConfig(lookback=36, horizon=6, hidden=8, layers=1)
 QUICK = TrainParams(epochs=2, batch_size=64, max_windows_per_epoch=256)
@@ -48,7 +58,10 @@ def test_params_validation_and_dict() -> None:
     with pytest.raises(ValueError, match="colour"):
         TrainParams.from_dict({"colour": 1})
     assert TrainParams().to_dict()["series_ids"] is None
+    assert TrainParams().to_dict()["calibrate"] is True  # in the recipe key and the lineage
+    assert TrainParams.from_dict({"calibrate": False}).calibrate is False
     for bad in (
+        {"calibrate": 1},
         {"epochs": 0},
         {"batch_size": 1.5},
         {"learning_rate": 0},
@@ -101,7 +114,14 @@ def test_tiny_training_result() -> None:
         insample_scale=test_w.insample_scale,
         snaive=test_w.snaive(),
     )
-    assert again == r.scores
+    calibration = {k: v for k, v in r.scores.items() if k.startswith("calibration_")}
+    assert again == {k: v for k, v in r.scores.items() if k not in calibration}
+    assert calibration == {
+        "calibration_windows": 2 * 85.0,  # the validation windows
+        "calibration_delta_0.1_0.9": pytest.approx(
+            float(r.state_dict["interval_offset"][:, 2].double().mean())
+        ),
+    }
 
 
 def test_training_is_reproducible_and_leaves_global_rng_alone() -> None:
@@ -130,7 +150,9 @@ def test_early_stopping_restores_best() -> None:
     # the weights returned are those of the best epoch, not the last
     _, val_w, _ = _build_windows(ds, TINY, None)
     q = torch.tensor(TINY.quantiles)
-    best = _val_loss(build_model(TINY, r.state_dict), val_w, np.arange(len(val_w)), q)
+    # (without the conformal offset fitted after training, which moves the pinball loss)
+    weights = {k: v for k, v in r.state_dict.items() if k != "interval_offset"}
+    best = _val_loss(build_model(TINY, weights), val_w, np.arange(len(val_w)), q)
     assert best == pytest.approx(min(losses), rel=1e-6)
     assert best < losses[-1]
 
@@ -195,3 +217,86 @@ def test_default_recipe_weights_serve(seattle: TrainResult) -> None:
     assert out.shape == (1, 24, 3)
     assert np.isfinite(out).all()
     assert 20 < out[0, 0, 1] < 70  # Fahrenheit in late December
+
+
+@pytest.mark.parametrize(
+    ("coverage", "expected"),
+    [(0.8, 8.0), (0.9 - 0.1, 8.0), (0.5, 5.0), (0.1, 1.0), (0.95, 9.0), (0.05, 1.0)],
+)
+def test_conformal_quantile_is_the_ceil_n_plus_1_c_th_smallest(
+    coverage: float, expected: float
+) -> None:
+    # n = 9 scores 1..9: k = ceil(10 c), the k-th smallest; k > n gives the largest.
+    scores = np.random.default_rng(0).permutation(np.arange(1.0, 10.0))
+    assert conformal_quantile(scores, coverage) == expected
+    # column-wise on (n, horizon), negative scores included
+    two = np.stack([scores, -scores, 10 * scores], axis=1)
+    got = conformal_quantile(two, coverage)
+    np.testing.assert_array_equal(got, [expected, -(10 - expected), 10 * expected])
+
+
+def test_conformal_quantile_rejects_bad_input() -> None:
+    with pytest.raises(ValueError, match="scores"):
+        conformal_quantile(np.empty((0, 3)), 0.8)
+    for bad in (0.0, 1.0, 1.5):
+        with pytest.raises(ValueError, match="coverage"):
+            conformal_quantile(np.ones(5), bad)
+
+
+def test_interval_pairs_never_include_the_median() -> None:
+    assert interval_pairs((0.1, 0.5, 0.9)) == [(0, 2)]
+    assert interval_pairs((0.05, 0.25, 0.5, 0.75, 0.95)) == [(0, 4), (1, 3)]
+    assert interval_pairs((0.1, 0.2, 0.5)) == []
+    assert interval_pairs((0.5,)) == []
+    assert interval_pairs((0.1, 0.5, 0.95)) == [(0, 2)]
+
+
+def test_calibrate_covers_the_calibration_windows() -> None:
+    ds = _synthetic()
+    r = train(ds, TINY, replace(QUICK, calibrate=False), progress=False)
+    assert "calibration_windows" not in r.scores
+    assert not r.state_dict["interval_offset"].any()
+    net = build_model(TINY, r.state_dict)
+    _, val_w, _ = _build_windows(ds, TINY, None)
+    figures = calibrate(net, val_w)
+    offset = net.interval_offset
+    assert figures["calibration_windows"] == len(val_w)
+    assert not offset[:, 1].any()  # the median stays
+    torch.testing.assert_close(offset[:, 0], -offset[:, 2])
+    # in-sample CQR guarantee: on the calibration windows every step covers >= 80 %
+    forecasts = predict(net, val_w.inputs())
+    y = val_w.targets()
+    inside = (y >= forecasts[..., 0]) & (y <= forecasts[..., 2])
+    assert (inside.mean(axis=0) >= 0.8).all()
+    # idempotent: it replaces, never adds to, an earlier offset
+    before = offset.clone()
+    assert calibrate(net, val_w) == figures
+    torch.testing.assert_close(net.interval_offset, before)
+    # and train with calibration on gives the same offsets
+    on = train(ds, TINY, QUICK, progress=False)
+    torch.testing.assert_close(on.state_dict["interval_offset"], before)
+
+
+@pytest.mark.slow
+def test_calibration_brings_test_coverage_to_nominal_on_real_data() -> None:
+    # sf-temps: the raw quantile head covers about 15 % of the test actuals with its 80 %
+    # interval (it is overconfident out of sample); a cheap recipe, trained once each way.
+    ds = load_dataset("sf-temps")
+    config = config_for(ds, hidden=8, layers=1, horizon=12)
+    params = TrainParams(epochs=3, max_windows_per_epoch=512)
+    raw = train(ds, config, replace(params, calibrate=False), progress=False)
+    cal = train(ds, config, params, progress=False)
+    key = "coverage_0.1_0.9"
+    assert abs(cal.scores[key] - 0.8) < abs(raw.scores[key] - 0.8)
+    assert cal.scores[key] > 0.7
+    offset = cal.state_dict["interval_offset"]
+    assert offset[:, [0, 2]].abs().min() > 0 and not offset[:, 1].any()
+    assert cal.scores["calibration_delta_0.1_0.9"] > 0  # overconfident: intervals widen
+    # calibration comes after training: the weights are the same, and so is the point
+    # forecast but where the raw head's quantiles crossed the median (predict sorts them)
+    assert cal.scores["mase"] == pytest.approx(raw.scores["mase"], rel=1e-3)
+    assert all(
+        torch.equal(cal.state_dict[k], raw.state_dict[k])
+        for k in cal.state_dict
+        if k != "interval_offset"
+    )
