@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,8 +61,20 @@ class ServerTLS:
         return tuple((s.st_ino, s.st_size, s.st_mtime_ns) for s in stats)
 
     def _configuration(self) -> grpc.ServerCertificateConfiguration:
+        """The files as gRPC's configuration, checked first: PEM that parses, a key that
+        belongs to the certificate (ValueError naming the file otherwise)."""
         pair = (_read(self.key, "TLS key"), _read(self.cert, "TLS certificate"))
         ca = _read(self.client_ca, "client CA") if self.client_ca else None
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        try:
+            context.load_cert_chain(self.cert, self.key)
+        except ssl.SSLError as exc:
+            raise ValueError(f"TLS certificate {self.cert} and key {self.key}: {exc}") from exc
+        if ca is not None:
+            try:
+                context.load_verify_locations(cadata=ca.decode("ascii", "replace"))
+            except ssl.SSLError as exc:
+                raise ValueError(f"client CA {self.client_ca}: {exc}") from exc
         return grpc.ssl_server_certificate_configuration([pair], root_certificates=ca)
 
 
