@@ -6,9 +6,7 @@ choose); the registry and the SQLite store are the real ones.
 
 from __future__ import annotations
 
-import http.server
 import json
-import threading
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -316,36 +314,14 @@ def test_a_corrupt_state_file_is_refused(tmp_path) -> None:  # type: ignore[no-u
 async def test_decisions_reach_the_webhook(registry_copy: TrainedRegistry) -> None:
     from dataclasses import replace
 
-    received: list[dict] = []
+    from tests.router.test_webhook import receiver
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers["Content-Length"]))
-            received.append(json.loads(body))
-            self.send_response(204)
-            self.end_headers()
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        w = make_world(
-            registry_copy, replace(POLICY, webhook_url=f"http://127.0.0.1:{server.server_port}/")
-        )
+    with receiver([]) as (url, received):
+        w = make_world(registry_copy, replace(POLICY, webhook_url=url))
         await w.controller.start(f"{MODEL}:{registry_copy.v2.version}")
         w.analyzer.current = BAD
         await w.tick(1)
-        import asyncio
-
-        for _ in range(100):
-            if len(received) >= 2:
-                break
-            await asyncio.sleep(0.02)
-    finally:
-        server.shutdown()
+        await w.controller.stop()  # waits for the deliveries queued so far
     assert [r["decision"]["action"] for r in received] == ["start", "rollback"]
     assert received[1]["rollout"]["phase"] == "rolled_back"
 

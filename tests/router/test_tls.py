@@ -235,60 +235,24 @@ def test_route_and_rollout_commands_speak_mtls(
     )
     try:
 
-        def rollout(*flags: str, json_out: bool = False) -> subprocess.CompletedProcess[str]:
+        def canarycast(*args: str) -> subprocess.CompletedProcess[str]:
             return subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "canarycast.cli",
-                    "rollout",
-                    "--router",
-                    router.target,
-                    *flags,
-                    "status",
-                    *(["--json"] if json_out else []),
-                ],
+                [sys.executable, "-m", "canarycast.cli", *args],
                 capture_output=True,
                 text=True,
-                timeout=60,
+                timeout=300,
                 env={**os.environ, **env},
             )
 
-        mtls_flags = (
-            "--tls-ca",
-            str(pki["ca"]),
-            "--tls-cert",
-            str(pki["client_cert"]),
-            "--tls-key",
-            str(pki["client_key"]),
-        )
-        ok = rollout(*mtls_flags)
+        mtls = ["--tls-ca", str(pki["ca"]), "--tls-cert", str(pki["client_cert"])]
+        mtls += ["--tls-key", str(pki["client_key"])]
+        rollout = ["rollout", "--router", router.target]
+        ok = canarycast(*rollout, *mtls, "status")
         assert ok.returncode == 0, ok.stderr
         assert "no rollout has run yet" in ok.stdout
-        never = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "canarycast.cli",
-                "rollout",
-                "--router",
-                router.target,
-                "--tls-ca",
-                str(pki["ca"]),
-                "--tls-cert",
-                str(pki["client_cert"]),
-                "--tls-key",
-                str(pki["client_key"]),
-                "status",
-                "--wait",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env={**os.environ, **env},
-        )
+        never = canarycast(*rollout, *mtls, "status", "--wait")
         assert never.returncode == 2 and "no rollout has run yet" in never.stderr
-        refused = rollout("--tls-ca", str(pki["ca"]))  # no client certificate
+        refused = canarycast(*rollout, "--tls-ca", str(pki["ca"]), "status")  # no client cert
         assert refused.returncode == 1 and "UNAVAILABLE" in refused.stderr
 
         # `retrain` starts its rollout over the same mTLS (the chart's CronJob does this).
@@ -296,44 +260,16 @@ def test_route_and_rollout_commands_speak_mtls(
 
         store = registry_copy.root / "observations.db"
         ObservationStore(store).close()
-        retrain = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "canarycast.cli",
-                "retrain",
-                "--registry",
-                str(registry_copy.root),
-                "--model",
-                MODEL,
-                "--observations",
-                str(store),
-                "--router",
-                router.target,
-                "--tls-ca",
-                str(pki["ca"]),
-                "--tls-cert",
-                str(pki["client_cert"]),
-                "--tls-key",
-                str(pki["client_key"]),
-                "--epochs",
-                "1",
-                "--max-windows-per-epoch",
-                "256",
-                "--tolerance",
-                "100",
-                "--no-progress",
-                "--json",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=300,
-            env={**os.environ, **env},
+        retrain = canarycast(
+            *("retrain", "--registry", str(registry_copy.root), "--model", MODEL),
+            *("--observations", str(store), "--router", router.target, *mtls),
+            *("--epochs", "1", "--max-windows-per-epoch", "256", "--tolerance", "100"),
+            *("--no-progress", "--json"),
         )
         assert retrain.returncode == 0, retrain.stderr
         outcome = json.loads(retrain.stdout)
         assert outcome["action"] == "rollout", outcome
-        status = rollout(*mtls_flags, json_out=True)
+        status = canarycast(*rollout, *mtls, "status", "--json")
         assert status.returncode == 0, status.stderr
         assert json.loads(status.stdout)["candidate_version"] == outcome["version"]
     finally:

@@ -3,6 +3,7 @@ localhost, a client certificate it signed, and a client certificate from another
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,8 +11,12 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from opentelemetry.sdk.trace import TracerProvider
 
 from canarycast.tls import ClientTLS, ServerTLS
+from server.app import ModelServer, ServerSettings
+from server.metrics import ServerMetrics
+from tests.conftest import MODEL, TrainedRegistry
 from tests.router import test_tls
 
 # The same certificate maker as the router's TLS tests.
@@ -70,3 +75,17 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
         key = ec.generate_private_key(ec.SECP256R1())
         _write(d / name, _cert(f"canarycast {name}", key, issuer, issuer_key, server=server), key)
     return Pki(d)
+
+
+@pytest.fixture
+async def mtls_server(trained: TrainedRegistry, pki: Pki) -> AsyncIterator[ModelServer]:
+    server = ModelServer(
+        ServerSettings(
+            registry=trained.root, model=f"{MODEL}@stable", port=0, tls=pki.server(mtls=True)
+        ),
+        tracer_provider=TracerProvider(),
+        metrics=ServerMetrics(),
+    )
+    await server.start()
+    yield server
+    await server.stop(grace=1)

@@ -49,31 +49,20 @@ async def test_exit_codes_follow_the_servers_health(
 
 
 async def test_the_probe_speaks_mtls_and_checks_the_name_it_is_told(
-    trained: TrainedRegistry, pki: Pki, capsys: pytest.CaptureFixture[str]
+    pki: Pki, mtls_server: ModelServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    server = ModelServer(
-        ServerSettings(
-            registry=trained.root, model=f"{MODEL}@stable", port=0, tls=pki.server(mtls=True)
-        ),
-        tracer_provider=TracerProvider(),
-        metrics=ServerMetrics(),
-    )
-    await server.start()
-    target = f"127.0.0.1:{server.port}"
+    target = f"127.0.0.1:{mtls_server.port}"
     client = pki.client()
     mtls = ["--tls-ca", str(client.ca), "--tls-cert", str(client.cert)]
     mtls += ["--tls-key", str(client.key)]
-    try:
-        assert (await health("--target", target, *mtls, "--tls-server-name", "localhost")) == 0
-        assert "SERVING" in capsys.readouterr().out
-        # the certificate does not name this host: the handshake fails, no answer
-        wrong = await health("--target", target, *mtls, "--tls-server-name", "stable.elsewhere")
-        assert wrong == 2
-        assert (await health("--target", target, "--tls-ca", str(client.ca))) == 2  # no cert
-        assert (await health("--target", target)) == 2  # plaintext to a TLS port
-        capsys.readouterr()
-    finally:
-        await server.stop(grace=1)
+    assert (await health("--target", target, *mtls, "--tls-server-name", "localhost")) == 0
+    assert "SERVING" in capsys.readouterr().out
+    # the certificate does not name this host: the handshake fails, no answer
+    wrong = await health("--target", target, *mtls, "--tls-server-name", "stable.elsewhere")
+    assert wrong == 2
+    assert (await health("--target", target, "--tls-ca", str(client.ca))) == 2  # no cert
+    assert (await health("--target", target)) == 2  # plaintext to a TLS port
+    capsys.readouterr()
 
 
 def test_the_probe_does_not_import_torch() -> None:

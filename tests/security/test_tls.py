@@ -11,7 +11,6 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
 
 import grpc
 import pytest
@@ -61,20 +60,6 @@ async def refused(target: str, tls: ClientTLS | None) -> grpc.aio.AioRpcError:
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await forecast(target, tls)
     return err.value
-
-
-@pytest.fixture
-async def mtls_server(trained: TrainedRegistry, pki: Pki) -> AsyncIterator[ModelServer]:
-    server = ModelServer(
-        ServerSettings(
-            registry=trained.root, model=f"{MODEL}@stable", port=0, tls=pki.server(mtls=True)
-        ),
-        tracer_provider=TracerProvider(),
-        metrics=ServerMetrics(),
-    )
-    await server.start()
-    yield server
-    await server.stop(grace=1)
 
 
 async def test_model_server_tls_and_mtls(
