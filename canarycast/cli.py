@@ -490,11 +490,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 1
 
 
+def _token_arg(path: Path | None, kind: str = "admin") -> Any:
+    """The token of `--KIND-token-file` (followed when the file changes: a rotated
+    Secret) or of its environment variable; None when neither is set."""
+    from router.control import Token, load_admin_token, load_viewer_token
+
+    if path is None:
+        return load_viewer_token(None) if kind == "viewer" else load_admin_token(None)
+    value = load_viewer_token(path) if kind == "viewer" else load_admin_token(path)
+    assert value is not None  # a token file is never empty (ValueError)
+    return Token(value, path, what=f"{kind} token")
+
+
 def cmd_route(args: argparse.Namespace) -> int:
     from canarycast.telemetry import configure_tracing
     from canarycast.tls import ServerTLS, client_tls_from_flags, server_tls_from_flags
     from router.app import ControllerSettings, RouterSettings, run
-    from router.control import load_admin_token, load_viewer_token
     from router.controller import RolloutPolicy
     from router.routing import Mode, StickyKey
     from router.store import StateError
@@ -529,8 +540,8 @@ def cmd_route(args: argparse.Namespace) -> int:
                 model=args.model,
                 state=args.state or args.registry / args.model / "rollouts.db",
                 policy=RolloutPolicy.from_file(args.policy) if args.policy else RolloutPolicy(),
-                admin_token=load_admin_token(args.admin_token_file),
-                viewer_token=load_viewer_token(args.viewer_token_file),
+                admin_token=_token_arg(args.admin_token_file, "admin"),
+                viewer_token=_token_arg(args.viewer_token_file, "viewer"),
                 otlp_port=args.otlp_port,
                 desired_canary=args.desired_canary,
                 otlp_tls=otlp_tls,
@@ -557,7 +568,7 @@ def cmd_route(args: argparse.Namespace) -> int:
             follow=args.follow,
             # Following needs only to read: the viewer token is enough, and preferred.
             follow_token=(
-                load_viewer_token(args.viewer_token_file) or load_admin_token(args.admin_token_file)
+                (_token_arg(args.viewer_token_file, "viewer") or _token_arg(args.admin_token_file))
                 if args.follow
                 else None
             ),

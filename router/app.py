@@ -38,7 +38,7 @@ from router.backends import (
     parse_dns_target,
     resolve,
 )
-from router.control import AdminAuth, RolloutControlServicer
+from router.control import AdminAuth, RolloutControlServicer, TokenLike
 from router.controller import Controller, RolloutPolicy
 from router.follow import WeightFollower
 from router.metrics import DriftMetrics, RolloutMetrics, RouterMetrics
@@ -62,8 +62,8 @@ class ControllerSettings:
     model: str
     state: Path
     policy: RolloutPolicy = field(default_factory=RolloutPolicy)
-    admin_token: str | None = None
-    viewer_token: str | None = None  # may read (status, history, watch), not steer
+    admin_token: TokenLike = None  # a Token from a file follows the file (rotation)
+    viewer_token: TokenLike = None  # may read (status, history, watch), not steer
     otlp_port: int | None = None  # also receive spans over OTLP/gRPC
     desired_canary: Path | None = None  # file naming the version to roll out (Helm values)
     otlp_tls: ServerTLS | None = None  # TLS (mTLS with a client CA) on the OTLP port
@@ -98,7 +98,7 @@ class RouterSettings:
     controller: ControllerSettings | None = None
     tls: ServerTLS | None = None  # TLS (and mTLS with a client CA) on the router's port
     follow: str | None = None  # HOST:PORT of the router whose controller sets the weights
-    follow_token: str | None = None
+    follow_token: TokenLike = None
     observations: Path | None = None  # SQLite store of every accepted Observe point (off: None)
     drift_interval: float = 300.0  # with a controller and a store: drift gauges every N seconds
     follow_tls: ClientTLS | None = None  # TLS (mTLS) to the router followed

@@ -7,6 +7,8 @@ untouched. The admin token may call everything; the optional viewer token may
 only read (`READ_METHODS`: GetStatus, WatchStatus, ListHistory) and gets
 PERMISSION_DENIED on anything that steers. With no token configured, the
 control API refuses every call rather than run open. Tokens are never logged.
+A token read from a file (`Token`) follows the file: rotating a mounted Secret
+takes effect within a second, without a restart.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import datetime as dt
 import hmac
 import json
 import os
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -22,6 +25,7 @@ from typing import Any
 
 import grpc
 import numpy as np
+import structlog
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from canarycast.headers import metadata_value
@@ -34,6 +38,7 @@ from router.store import DecisionRow, RolloutRecord
 CANARYCAST_ADMIN_TOKEN = "CANARYCAST_ADMIN_TOKEN"
 #: The read-only viewer token of the control API (`--viewer-token-file` wins).
 CANARYCAST_VIEWER_TOKEN = "CANARYCAST_VIEWER_TOKEN"
+log = structlog.get_logger("canarycast.router.control")
 CONTROL_SERVICE = rpb.DESCRIPTOR.services_by_name["RolloutControl"].full_name
 #: What the viewer token may call: reading, never steering.
 READ_METHODS = frozenset(
@@ -71,12 +76,75 @@ def load_viewer_token(token_file: str | Path | None) -> str | None:
     return load_admin_token(token_file, variable=CANARYCAST_VIEWER_TOKEN, what="viewer token")
 
 
+class Token:
+    """A bearer token: a fixed value, or the content of a file that is re-read when the
+    file changes (checked at most every `check_every` seconds), so that a rotated
+    Kubernetes Secret takes effect without a restart. A changed file that is empty or
+    unreadable keeps the last good token (logged once, without the value)."""
+
+    def __init__(
+        self,
+        value: str,
+        path: Path | None = None,
+        *,
+        what: str = "admin token",
+        check_every: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._value = value
+        self.path = path
+        self.what = what
+        self._check_every = check_every
+        self._clock = clock
+        self._next_check = clock() + check_every
+        self._stamp = self._stat() if path is not None else None
+
+    def _stat(self) -> tuple[int, int, int] | None:
+        assert self.path is not None
+        try:
+            s = self.path.stat()
+        except OSError:
+            return None
+        return (s.st_ino, s.st_size, s.st_mtime_ns)
+
+    def current(self) -> str:
+        if self.path is not None and self._clock() >= self._next_check:
+            self._next_check = self._clock() + self._check_every
+            stamp = self._stat()
+            if stamp != self._stamp:
+                self._stamp = stamp
+                try:
+                    value = load_admin_token(self.path, what=self.what)
+                except ValueError as exc:
+                    log.warning("token_reload_failed", token=self.what, error=str(exc))
+                else:
+                    if value is not None and value != self._value:
+                        self._value = value
+                        log.info("token_reloaded", token=self.what, path=str(self.path))
+        return self._value
+
+
+TokenLike = str | Token | None
+
+
+def _token(t: TokenLike) -> Token | None:
+    if t is None or isinstance(t, Token):
+        return t
+    return Token(t) if t else None
+
+
 class AdminAuth(grpc.aio.ServerInterceptor):
-    def __init__(self, token: str | None, viewer_token: str | None = None) -> None:
-        if token and viewer_token and hmac.compare_digest(token.encode(), viewer_token.encode()):
+    def __init__(self, token: TokenLike, viewer_token: TokenLike = None) -> None:
+        self._token, self._viewer = _token(token), _token(viewer_token)
+        admin, viewer = self._tokens()
+        if admin and viewer and hmac.compare_digest(admin, viewer):
             raise ValueError("the viewer token must differ from the admin token")
-        self._token = token.encode() if token else None
-        self._viewer = viewer_token.encode() if viewer_token else None
+
+    def _tokens(self) -> tuple[bytes | None, bytes | None]:
+        return (
+            self._token.current().encode() if self._token is not None else None,
+            self._viewer.current().encode() if self._viewer is not None else None,
+        )
 
     async def intercept_service(
         self,
@@ -114,7 +182,8 @@ class AdminAuth(grpc.aio.ServerInterceptor):
     def _check(self, header: str | None, method: str) -> tuple[grpc.StatusCode, str] | None:
         """None when the call may go on, else the status code and why (never the token)."""
         unauthenticated = grpc.StatusCode.UNAUTHENTICATED
-        if self._token is None and self._viewer is None:
+        admin, viewer = self._tokens()
+        if admin is None and viewer is None:
             return unauthenticated, (
                 "the control API is disabled: no admin token is configured on the router"
             )
@@ -123,8 +192,10 @@ class AdminAuth(grpc.aio.ServerInterceptor):
         scheme, _, token = header.partition(" ")
         presented = token.strip().encode()
         # Both comparisons always run, in constant time: the answer's timing tells nothing.
-        is_admin = self._token is not None and hmac.compare_digest(presented, self._token)
-        is_viewer = self._viewer is not None and hmac.compare_digest(presented, self._viewer)
+        is_admin = admin is not None and hmac.compare_digest(presented, admin)
+        # A rotation that made both tokens equal gives that token the viewer's rights only.
+        is_viewer = viewer is not None and hmac.compare_digest(presented, viewer)
+        is_admin = is_admin and not is_viewer
         if scheme.lower() != "bearer" or not (is_admin or is_viewer):
             return unauthenticated, "invalid token"
         if is_admin or method in READ_METHODS:

@@ -18,6 +18,7 @@ import structlog
 
 from canarycast.v1 import rollout_pb2 as rpb
 from canarycast.v1 import rollout_pb2_grpc as rpb_grpc
+from router.control import Token, TokenLike
 
 log = structlog.get_logger("canarycast.router.follow")
 
@@ -26,13 +27,13 @@ class WeightFollower:
     def __init__(
         self,
         controller: str,
-        token: str | None,
+        token: TokenLike,
         apply: Callable[[float], None],
         *,
         credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
         self.controller = controller
-        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self._token = token
         self._apply = apply
         self._credentials = credentials
         self.applied: float | None = None
@@ -48,6 +49,11 @@ class WeightFollower:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
+    def _metadata(self) -> tuple[tuple[str, str], ...]:
+        """The token as it is now: a rotated token file is read again on reconnect."""
+        token = self._token.current() if isinstance(self._token, Token) else self._token
+        return (("authorization", f"Bearer {token}"),) if token else ()
+
     def _channel(self) -> grpc.aio.Channel:
         if self._credentials is not None:
             return grpc.aio.secure_channel(self.controller, self._credentials)
@@ -60,7 +66,7 @@ class WeightFollower:
                 async with self._channel() as channel:
                     stub = rpb_grpc.RolloutControlStub(channel)
                     async for status in stub.WatchStatus(
-                        rpb.GetStatusRequest(), metadata=self._metadata
+                        rpb.GetStatusRequest(), metadata=self._metadata()
                     ):
                         self.connected = True
                         backoff = 0.2

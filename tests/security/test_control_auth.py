@@ -13,7 +13,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from canarycast.v1 import rollout_pb2 as rpb
 from canarycast.v1 import rollout_pb2_grpc as rpb_grpc
 from router.app import ControllerSettings, RouterServer, RouterSettings
-from router.control import READ_METHODS, AdminAuth, load_viewer_token
+from router.control import READ_METHODS, AdminAuth, Token, TokenLike, load_viewer_token
 from tests.conftest import MODEL, TrainedRegistry
 
 ADMIN = "admin-7f3a9c"
@@ -42,7 +42,7 @@ def test_every_method_is_classified() -> None:
     assert {m.rpartition("/")[2] for m in READ_METHODS} == set(READS)
 
 
-async def open_router(root: Any, admin: str | None, viewer: str | None) -> RouterServer:
+async def open_router(root: Any, admin: TokenLike, viewer: TokenLike) -> RouterServer:
     router = RouterServer(
         RouterSettings(
             stable=["127.0.0.1:1"],
@@ -210,3 +210,79 @@ def test_token_configuration_is_checked(tmp_path: Any, monkeypatch: pytest.Monke
     assert load_viewer_token(None) == "from-env"
     monkeypatch.delenv("CANARYCAST_VIEWER_TOKEN")
     assert load_viewer_token(None) is None
+
+
+def rotate(path: Any, token: str) -> None:
+    """Replace the file by rename, as the kubelet updates a mounted Secret."""
+    new = path.with_name(path.name + ".new")
+    new.write_text(token + "\n")
+    new.replace(path)
+
+
+def test_a_token_file_is_followed_and_a_bad_rotation_keeps_the_last_token(
+    tmp_path: Any,
+) -> None:
+    now = [0.0]
+    path = tmp_path / "admin"
+    path.write_text("first\n")
+    token = Token("first", path, check_every=1.0, clock=lambda: now[0])
+    rotate(path, "second")
+    assert token.current() == "first"  # not checked again within the second
+    now[0] = 1.0
+    assert token.current() == "second"
+    for broken in ("\n", None):  # emptied, then deleted: keep the last good token
+        if broken is None:
+            path.unlink()
+        else:
+            rotate(path, broken)
+        now[0] += 1.0
+        assert token.current() == "second"
+    rotate(path, "third")
+    now[0] += 1.0
+    assert token.current() == "third"
+
+
+async def test_a_rotated_admin_token_takes_effect_without_a_restart(
+    registry_copy: TrainedRegistry, tmp_path: Any
+) -> None:
+    admin_file, viewer_file = tmp_path / "admin", tmp_path / "viewer"
+    admin_file.write_text(ADMIN)
+    viewer_file.write_text(VIEWER)
+    router = await open_router(
+        registry_copy.root,
+        Token(ADMIN, admin_file, check_every=0.0),
+        Token(VIEWER, viewer_file, what="viewer token", check_every=0.0),
+    )
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{router.port}") as channel:
+            stub = rpb_grpc.RolloutControlStub(channel)
+            pause = WRITES["Pause"]
+            assert await call(stub, "GetStatus", READS["GetStatus"], f"Bearer {ADMIN}") == (
+                grpc.StatusCode.OK
+            )
+            rotate(admin_file, "admin-rotated-55d1")
+            assert await call(stub, "Pause", pause, f"Bearer {ADMIN}") == (
+                grpc.StatusCode.UNAUTHENTICATED
+            )
+            code = await call(stub, "GetStatus", READS["GetStatus"], "Bearer admin-rotated-55d1")
+            assert code == grpc.StatusCode.OK
+            # a rotation that makes the two equal leaves that token read-only
+            rotate(viewer_file, "admin-rotated-55d1")
+            code = await call(stub, "Pause", pause, "Bearer admin-rotated-55d1")
+            assert code == grpc.StatusCode.PERMISSION_DENIED
+    finally:
+        await router.stop(grace=1)
+
+
+def test_a_follower_presents_the_token_as_it_is_now(tmp_path: Any) -> None:
+    from router.follow import WeightFollower
+
+    path = tmp_path / "viewer"
+    path.write_text(VIEWER)
+    follower = WeightFollower(
+        "127.0.0.1:1", Token(VIEWER, path, what="viewer token", check_every=0.0), print
+    )
+    assert follower._metadata() == (("authorization", f"Bearer {VIEWER}"),)
+    rotate(path, "viewer-rotated")
+    assert follower._metadata() == (("authorization", "Bearer viewer-rotated"),)
+    assert WeightFollower("127.0.0.1:1", None, print)._metadata() == ()
