@@ -165,14 +165,18 @@ class LSTMForecaster(torch.nn.Module):
     def seasonal_scale(self, x: torch.Tensor) -> torch.Tensor:
         """(batch, lookback) scaled -> (batch, 1): ``s``, the window's mean absolute
         seasonal difference (floored), the unit of the head's output."""
+        return self._seasonal(x)[1]
+
+    def _seasonal(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The seasonal differences ``x[t] - x[t-m]`` and their scale ``s``."""
         m = self.config.season_length
-        return (x[:, m:] - x[:, :-m]).abs().mean(dim=1, keepdim=True).clamp_min(SEASONAL_FLOOR)
+        diff = x[:, m:] - x[:, :-m]
+        return diff, diff.abs().mean(dim=1, keepdim=True).clamp_min(SEASONAL_FLOOR)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(batch, lookback) scaled -> (batch, horizon, n_quantiles) scaled."""
-        m = self.config.season_length
-        s = self.seasonal_scale(x)
-        diff = torch.nn.functional.pad((x[:, m:] - x[:, :-m]) / s, (m, 0))
+        diff, s = self._seasonal(x)
+        diff = torch.nn.functional.pad(diff / s, (self.config.season_length, 0))
         out, _ = self.lstm(torch.stack((x, diff), dim=-1))
         y = self.head(out[:, -1, :]).view(x.shape[0], self.config.horizon, -1)
         return x[:, self.base_index].unsqueeze(-1) + s.unsqueeze(-1) * (y + self.interval_offset)
