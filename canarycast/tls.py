@@ -32,33 +32,41 @@ class ServerTLS:
         """Credentials that follow the files: when one of them changes (cert-manager
         renewing a mounted Secret swaps all of them at once), the next handshake uses the
         new ones; connections already open keep theirs. A set that cannot be read keeps
-        the last good one (logged)."""
+        the last good one (logged once per change of the files)."""
         config = self._configuration()  # a missing file: ValueError naming it, at start-up
-        current = {"stamp": self._stamp(), "config": config}
+        seen = {"stamp": self._stamp()}  # the files as last looked at, loaded or refused
 
         def fetch() -> grpc.ServerCertificateConfiguration | None:
+            stamp = self._stamp()
+            if stamp == seen["stamp"]:
+                return None
+            seen["stamp"] = stamp
             try:
-                stamp = self._stamp()
-                if stamp == current["stamp"]:
-                    return None
                 config = self._configuration()
-            except (OSError, ValueError) as exc:
+            except ValueError as exc:
                 log.warning("tls_reload_failed", cert=str(self.cert), error=str(exc))
                 return None
-            current.update(stamp=stamp, config=config)
             log.info("tls_reloaded", cert=str(self.cert))
             return config
 
         return grpc.dynamic_ssl_server_credentials(
-            current["config"], fetch, require_client_authentication=self.client_ca is not None
+            config, fetch, require_client_authentication=self.client_ca is not None
         )
 
     def _files(self) -> list[Path]:
         return [self.cert, self.key] + ([self.client_ca] if self.client_ca else [])
 
-    def _stamp(self) -> tuple[tuple[int, int, int], ...]:
-        stats = [Path(f).stat() for f in self._files()]
-        return tuple((s.st_ino, s.st_size, s.st_mtime_ns) for s in stats)
+    def _stamp(self) -> tuple[tuple[int, int, int] | None, ...]:
+        """What identifies the files' contents now (None for one that cannot be seen)."""
+        stamps: list[tuple[int, int, int] | None] = []
+        for f in self._files():
+            try:
+                s = Path(f).stat()
+            except OSError:
+                stamps.append(None)
+            else:
+                stamps.append((s.st_ino, s.st_size, s.st_mtime_ns))
+        return tuple(stamps)
 
     def _configuration(self) -> grpc.ServerCertificateConfiguration:
         """The files as gRPC's configuration, checked first: PEM that parses, a key that
