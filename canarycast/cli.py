@@ -108,10 +108,10 @@ def _limits(args: argparse.Namespace) -> Any:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from server.model import ModelConfig
-    from server.training import TrainParams
+    # Defaults read off the dataclasses, none built: no torch, no pandas, a fast start.
+    from server.recipe import ModelConfig, TrainParams
 
-    config, params = ModelConfig(), TrainParams()
+    config, params = _defaults(ModelConfig), _defaults(TrainParams)
     parser = argparse.ArgumentParser(
         prog="canarycast",
         description="LSTM time-series forecasts over gRPC, shipped safely with canaries.",
@@ -808,10 +808,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # -- model lifecycle: drift, retrain, the DVC pipeline's stages --------------------------
 
 
-def _lifecycle_parsers(sub: Any) -> None:
-    from server.drift import DriftPolicy
+def _defaults(cls: Any) -> Any:
+    """A dataclass's field defaults as attributes, without constructing (validating) it."""
+    import dataclasses
+    import types
 
-    drift = DriftPolicy()
+    return types.SimpleNamespace(**{f.name: f.default for f in dataclasses.fields(cls)})
+
+
+def _lifecycle_parsers(sub: Any) -> None:
+    from server.recipe import DriftPolicy
+
+    drift = _defaults(DriftPolicy)
 
     def drift_flags(p: argparse.ArgumentParser) -> None:
         p.add_argument("--observations", type=Path, required=True, help="observation store")

@@ -29,7 +29,6 @@ stable error beside these drift scores: `canarycast_drift_*` gauges).
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -44,6 +43,7 @@ from scipy import stats
 from server.data import Dataset, Series, load_dataset, split_points
 from server.loader import LoadedModel, load_model
 from server.observations import ObservationStore
+from server.recipe import DriftPolicy
 from server.registry import Registry
 from server.scoring import insample_seasonal_mae
 
@@ -59,28 +59,6 @@ __all__ = [
 ]
 
 PSI_FLOOR = 1e-4  # share given to an empty bin, so PSI stays finite
-
-
-@dataclass(frozen=True)
-class DriftPolicy:
-    """Window sizes (in seasons of the data) and the thresholds that make a drift."""
-
-    recent_seasons: int = 2
-    reference_seasons: int = 7
-    psi_threshold: float = 2.5
-    ks_threshold: float = 0.5
-    performance_ratio: float = 2.0
-    bins: int = 10
-
-    def __post_init__(self) -> None:
-        for name in ("recent_seasons", "reference_seasons", "bins"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        for name in ("psi_threshold", "ks_threshold", "performance_ratio"):
-            value = getattr(self, name)
-            if not math.isfinite(value) or value <= 0:
-                raise ValueError(f"{name} must be a number > 0, got {value!r}")
 
 
 @dataclass(frozen=True)

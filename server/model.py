@@ -10,15 +10,12 @@ registry's, a traced one) serves the calibrated intervals.
 
 from __future__ import annotations
 
-import itertools
-import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
-from typing import Any
 
 import numpy as np
 import torch
-from pandas.tseries.frequencies import to_offset
+
+from server.recipe import ModelConfig
 
 __all__ = [
     "LSTMForecaster",
@@ -30,96 +27,6 @@ __all__ = [
 
 SCALE_FLOOR = 1e-8  # relative to max(1, |loc|): the scale of a (nearly) constant window
 SEASONAL_FLOOR = 1e-3  # in scaled units: least mean absolute seasonal difference of a window
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """Shape of the network and the data it was trained on; validated on construction."""
-
-    lookback: int = 48
-    horizon: int = 24
-    hidden: int = 32
-    layers: int = 2
-    dropout: float = 0.0
-    quantiles: tuple[float, ...] = (0.1, 0.5, 0.9)
-    freq: str = "h"
-    step_seconds: int = 3600
-    season_length: int = 24
-
-    def __post_init__(self) -> None:
-        if isinstance(self.quantiles, list | tuple):
-            # JSON gives lists, and integers where floats are meant; normalise before checking.
-            quantiles = tuple(
-                float(q) if isinstance(q, int | float) and not isinstance(q, bool) else q
-                for q in self.quantiles
-            )
-            object.__setattr__(self, "quantiles", quantiles)
-        if isinstance(self.dropout, int) and not isinstance(self.dropout, bool):
-            object.__setattr__(self, "dropout", float(self.dropout))
-        self.validate()
-
-    @property
-    def n_quantiles(self) -> int:
-        return len(self.quantiles)
-
-    @property
-    def point_index(self) -> int:
-        """Index of the median (the point forecast) along the quantile axis."""
-        return self.quantiles.index(0.5)
-
-    def validate(self) -> None:
-        """Raise ValueError naming the first invalid field."""
-        for name in ("lookback", "horizon", "hidden", "layers", "step_seconds", "season_length"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        if self.lookback <= self.season_length:
-            raise ValueError(
-                f"lookback ({self.lookback}) must be > season_length ({self.season_length}): "
-                "the network reads seasonal differences within its window"
-            )
-        if (
-            not isinstance(self.dropout, float)
-            or not math.isfinite(self.dropout)
-            or not 0.0 <= self.dropout < 1.0
-        ):
-            raise ValueError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
-        qs = self.quantiles
-        if not isinstance(qs, tuple) or not qs:
-            raise ValueError(f"quantiles must be a non-empty sequence, got {qs!r}")
-        for q in qs:
-            if not isinstance(q, float) or not 0.0 < q < 1.0:
-                raise ValueError(f"quantiles must be numbers in (0, 1), got {q!r}")
-        if any(b <= a for a, b in itertools.pairwise(qs)):
-            raise ValueError(f"quantiles must be strictly increasing, got {list(qs)}")
-        if 0.5 not in qs:
-            raise ValueError(f"quantiles must contain 0.5 (the point forecast), got {list(qs)}")
-        if not isinstance(self.freq, str) or not self.freq:
-            raise ValueError(f"freq must be a pandas offset alias, got {self.freq!r}")
-        try:
-            to_offset(self.freq)
-        except ValueError as exc:
-            raise ValueError(f"freq {self.freq!r} is not a pandas offset alias: {exc}") from exc
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able dict (quantiles as a list)."""
-        d = asdict(self)
-        d["quantiles"] = list(self.quantiles)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> ModelConfig:
-        """Inverse of :meth:`to_dict`; missing fields take defaults, unknown ones are refused."""
-        if not isinstance(d, Mapping):
-            raise ValueError(f"model config must be a mapping, got {type(d).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown model config field(s): {', '.join(map(str, unknown))}")
-        kwargs = dict(d)
-        if "quantiles" in kwargs and not isinstance(kwargs["quantiles"], list | tuple):
-            raise ValueError(f"quantiles must be a list of numbers, got {kwargs['quantiles']!r}")
-        return cls(**kwargs)
 
 
 class LSTMForecaster(torch.nn.Module):

@@ -31,10 +31,12 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
-import torch
+
+if TYPE_CHECKING:  # torch is imported where weights are read or written: listing versions,
+    import torch  # moving aliases and the CLI around them start without it
 
 log = structlog.get_logger("canarycast.registry")
 
@@ -90,6 +92,8 @@ def _canonical_json(value: Any) -> bytes:
 
 def content_digest(state_dict: Mapping[str, torch.Tensor], config: Mapping[str, Any]) -> str:
     """sha256 over canonical config JSON and each tensor (sorted key, dtype, shape, raw bytes)."""
+    import torch
+
     h = hashlib.sha256()
     cfg = _canonical_json(dict(config))
     h.update(b"canarycast-model-v1\0config\0%d\0" % len(cfg))
@@ -305,6 +309,8 @@ class Registry:
 
     def load(self, name: str, version: str) -> tuple[ModelVersion, dict[str, torch.Tensor]]:
         """Version and its weights, after checking the content hash."""
+        import torch
+
         mv = self.get(name, version)
         weights = mv.path / WEIGHTS
         where = f"model {name!r} version {mv.version}"
@@ -334,6 +340,8 @@ class Registry:
         metadata: Mapping[str, Any],
     ) -> ModelVersion:
         """Store a version atomically; the same content returns the existing version."""
+        import torch
+
         _check_name(name)
         try:
             cfg = json.loads(_canonical_json(dict(config)))

@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -31,6 +29,7 @@ from tqdm import tqdm
 
 from server.data import DataError, Dataset, split_points
 from server.model import LSTMForecaster, ModelConfig, predict, scale_windows
+from server.recipe import TrainParams
 from server.scoring import insample_seasonal_mae, offline_scores, seasonal_naive_forecast
 
 __all__ = [
@@ -46,68 +45,6 @@ __all__ = [
 GRAD_CLIP_NORM = 1.0
 EVAL_CHUNK = 4096  # windows per forward pass when validating and scoring
 _ALL = slice(None)
-
-
-@dataclass(frozen=True)
-class TrainParams:
-    """How to train; validated on construction."""
-
-    epochs: int = 30
-    batch_size: int = 256
-    learning_rate: float = 3e-3
-    # The validation loss often rises for the first few epochs before it falls; with a
-    # patience of 5, seed 1 stopped at epoch 9 with MASE 1.83 (seeds 0-7 at 10: 0.51-0.52).
-    patience: int = 10
-    seed: int = 0
-    max_windows_per_epoch: int | None = 2048
-    series_ids: tuple[str, ...] | None = None
-    # Points held out for validation and again for test at the end of every series
-    # (None: 15 % each). Retraining sets it so that new observations are trained on.
-    holdout_points: int | None = None
-    # Conformalize the intervals on the validation windows after training (see calibrate).
-    calibrate: bool = True
-
-    def __post_init__(self) -> None:
-        if isinstance(self.series_ids, list):
-            object.__setattr__(self, "series_ids", tuple(self.series_ids))
-        for name in ("epochs", "batch_size", "patience"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
-            raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}")
-        lr = self.learning_rate
-        if not isinstance(lr, int | float) or not math.isfinite(lr) or lr <= 0:
-            raise ValueError(f"learning_rate must be a number > 0, got {lr!r}")
-        mw = self.max_windows_per_epoch
-        if mw is not None and (not isinstance(mw, int) or isinstance(mw, bool) or mw < 1):
-            raise ValueError(f"max_windows_per_epoch must be None or an integer >= 1, got {mw!r}")
-        if not isinstance(self.calibrate, bool):
-            raise ValueError(f"calibrate must be true or false, got {self.calibrate!r}")
-        hp = self.holdout_points
-        if hp is not None and (not isinstance(hp, int) or isinstance(hp, bool) or hp < 1):
-            raise ValueError(f"holdout_points must be None or an integer >= 1, got {hp!r}")
-        ids = self.series_ids
-        if ids is not None and (
-            not isinstance(ids, tuple) or not ids or not all(isinstance(s, str) for s in ids)
-        ):
-            raise ValueError(f"series_ids must be None or a non-empty tuple of str, got {ids!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able dict (series_ids as a list or None)."""
-        d = asdict(self)
-        d["series_ids"] = None if self.series_ids is None else list(self.series_ids)
-        if self.holdout_points is None:
-            del d["holdout_points"]  # absent unless set: recipe keys of earlier models hold
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> TrainParams:
-        """Inverse of :meth:`to_dict`; missing fields take defaults, unknown ones are refused."""
-        unknown = sorted(set(d) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ValueError(f"unknown train params field(s): {', '.join(map(str, unknown))}")
-        return cls(**d)
 
 
 @dataclass(frozen=True)
