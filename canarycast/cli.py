@@ -1081,11 +1081,6 @@ COMMANDS = {
 def main(argv: Sequence[str] | None = None) -> int:
     from canarycast.telemetry import configure_logging
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["health"]:  # a probe every few seconds: no torch import, no logging set-up
-        from canarycast import health
-
-        return health.main(argv[1:])
     args = build_parser().parse_args(argv)
     configure_logging()
     return COMMANDS[args.command](args)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 
 DEFAULT_SERVICE = "canarycast.v1.Forecaster"
@@ -35,14 +34,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="the name the server's certificate must carry (default: the target's host); "
         "a probe dials 127.0.0.1 but the certificate names the Service",
     )
-
-
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="canarycast health", description="check a port's grpc.health.v1 status"
-    )
-    add_arguments(p)
-    return p
 
 
 def run(args: argparse.Namespace) -> int:
@@ -88,7 +79,3 @@ def run(args: argparse.Namespace) -> int:
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status)
     print(f"{args.target} {args.service or '(server)'}: {status}")
     return 0 if answer.status == health_pb2.HealthCheckResponse.SERVING else 1
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    return run(parser().parse_args(argv))

@@ -73,13 +73,13 @@ def assert_exec_probes(
     """`probes`: probe -> the grpc.health.v1 service it checks; each is `canarycast health`
     over TLS against the pod's own port, checking the name clients dial, parsed by the
     command's real argument parser."""
-    from canarycast.health import parser
+    from canarycast.cli import build_parser
 
     mounted = {m["mountPath"] for m in c["volumeMounts"]}
     for probe, service in probes.items():
         command = c[probe]["exec"]["command"]
         assert command[:2] == ["canarycast", "health"], probe
-        args = parser().parse_args(command[2:])
+        args = build_parser().parse_args(command[1:])  # the image's entrypoint
         assert args.target == f"127.0.0.1:{port}" and args.service == service, probe
         assert args.tls_server_name == name, probe
         assert str(args.tls_ca) == CA, probe

@@ -17,6 +17,13 @@ from tests.conftest import MODEL, TrainedRegistry
 from tests.security.conftest import Pki
 
 
+@pytest.fixture(autouse=True)
+def _keep_logging(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In-process CLI runs must not point structlog (cached loggers) at a test's captured
+    stderr: later tests would log into a closed file."""
+    monkeypatch.setattr("canarycast.telemetry.configure_logging", lambda *a, **k: None)
+
+
 async def health(*args: str) -> int:
     """Runs the command in a thread (the servers live on this test's event loop)."""
     return await asyncio.to_thread(main, ["health", *args])
