@@ -1,8 +1,8 @@
 """`canarycast health`: one `grpc.health.v1` Check, for exec probes and scripts.
 
 The kubelet's own gRPC probe speaks plaintext only; a port with TLS (or mTLS) needs a
-client that can present certificates, as grpc_health_probe does. This one imports only
-grpc (no torch), so a probe every few seconds costs a fraction of a second of CPU.
+client that can present certificates, as grpc_health_probe does. The command line imports
+no torch, so a probe every few seconds costs well under a second of CPU.
 
 Exit codes: 0 SERVING; 1 the service answered, but not SERVING (NOT_SERVING,
 SERVICE_UNKNOWN, or a service the server does not know); 2 no answer (unreachable,
