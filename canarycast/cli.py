@@ -297,6 +297,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="store every accepted Observe point in this SQLite file, durably before the "
         "answer (off if unset; `canarycast drift` and `retrain` read it)",
     )
+    p.add_argument(
+        "--drift-observations",
+        type=Path,
+        help="with the controller: the store, or folder of stores, its drift gauges read "
+        "(read-only; default: --observations)",
+    )
+    p.add_argument(
+        "--drift-interval",
+        type=float,
+        default=300.0,
+        help="seconds between drift gauge updates (default: %(default)s)",
+    )
     tls = p.add_argument_group("TLS on the router's port (Forecaster and RolloutControl)")
     tls.add_argument("--tls-cert", type=Path, help="server certificate, PEM")
     tls.add_argument("--tls-key", type=Path, help="server private key, PEM")
@@ -577,6 +589,8 @@ def cmd_route(args: argparse.Namespace) -> int:
             limits=limits,
             rate_limit=rate_limit,
             observations=args.observations,
+            drift_observations=args.drift_observations,
+            drift_interval=args.drift_interval,
         )
         return asyncio.run(run(settings, provider))
     except (ValueError, OSError, StateError) as exc:  # StateError: a corrupt state file

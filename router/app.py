@@ -101,6 +101,10 @@ class RouterSettings:
     follow_token: TokenLike = None
     observations: Path | None = None  # SQLite store of every accepted Observe point (off: None)
     drift_interval: float = 300.0  # with a controller and a store: drift gauges every N seconds
+    #: What the drift gauges read, read-only: a store or a folder of stores (the other
+    #: routers'); default: `observations`. A controller that takes no Observe calls (the
+    #: Helm chart's) points it at the routers' stores.
+    drift_observations: Path | None = None
     follow_tls: ClientTLS | None = None  # TLS (mTLS) to the router followed
     backend_tls: ClientTLS | None = None  # TLS (mTLS) to the model servers
     rate_limit: RateLimit | None = None  # token bucket on Forecast/Observe; None: off
@@ -124,6 +128,10 @@ class RouterServer:
             raise ValueError("--dns-refresh must be above 0 seconds")
         if settings.follow is not None and settings.controller is not None:
             raise ValueError("a router either runs the controller or follows one, not both")
+        if settings.drift_observations is not None and settings.controller is None:
+            raise ValueError("--drift-observations needs the controller (--registry, --model)")
+        if not settings.drift_interval > 0:
+            raise ValueError("--drift-interval must be above 0 seconds")
         self.settings = settings
         self.metrics = metrics or RouterMetrics()
         self._health_changed = asyncio.Condition()
@@ -272,17 +280,21 @@ class RouterServer:
         )
         return provider.get_tracer("canarycast.router")
 
+    def _drift_source(self) -> Path | None:
+        return self.settings.drift_observations or self.settings.observations
+
     async def _drift_step(self) -> None:
         """Drift of the stable model as Prometheus gauges (`server.drift`), off the loop."""
         assert self.controller is not None and self.analyzer is not None
-        assert self.settings.observations is not None
+        source = self._drift_source()
+        assert source is not None
         metrics = self._drift_metrics
         since = time.time() - self.settings.drift_interval
         stable = self.analyzer.evidence(since).stable_series
         if len(stable):
             metrics.online_error.set(float(stable.mean()))
         registry, model = self.controller.registry, self.controller.model
-        report = await asyncio.to_thread(stable_drift, self.settings.observations, registry, model)
+        report = await asyncio.to_thread(stable_drift, source, registry, model)
         for s in report.series:
             if s.psi is not None and s.ks_statistic is not None:
                 metrics.psi.labels(s.series_id).set(s.psi)
@@ -340,7 +352,7 @@ class RouterServer:
         if self.controller is not None and self.analyzer is not None:
             await self.controller.resume_after_restart()
             self.controller.start_loop()
-            if self.settings.observations is not None:
+            if self._drift_source() is not None:
                 self._drift = Periodic("drift", self.settings.drift_interval, self._drift_step)
                 self._drift.start()
             cs = self.settings.controller

@@ -359,6 +359,22 @@ def test_routers_store_observations_and_a_cronjob_retrains_from_them(render: Ren
     )
     claim = find(m, "PersistentVolumeClaim", f"{FULL}-observations")
     assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    # the controller's drift gauges read the routers' stores, read-only
+    controller = find(m, "Deployment", f"{FULL}-controller")
+    c = container(controller)
+    assert flag(c["args"], "--drift-observations") == "/var/lib/canarycast/observations"
+    assert "--observations" not in c["args"]  # it takes no Observe calls, stores nothing
+    assert {
+        "name": "observations",
+        "mountPath": "/var/lib/canarycast/observations",
+        "readOnly": True,
+    } in c["volumeMounts"]
+    volumes = {v["name"]: v for v in controller["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["observations"]["persistentVolumeClaim"]["readOnly"] is True
+    assert (
+        "--drift-observations"
+        not in container(find(render({}), "Deployment", f"{FULL}-controller"))["args"]
+    )
     cron = find(m, "CronJob", f"{FULL}-retrain")
     assert cron["spec"]["schedule"] == "@daily"
     assert cron["spec"]["concurrencyPolicy"] == "Forbid"

@@ -107,15 +107,25 @@ def test_the_command_exits_non_zero_past_a_threshold(
     assert missing.returncode == 2 and "does not exist" in missing.stderr
 
 
+@pytest.mark.parametrize("source", ["own store", "the routers' stores"])
 async def test_the_controller_exports_drift_scores_as_prometheus_gauges(
-    registry_copy: TrainedRegistry, tmp_path: Path
+    registry_copy: TrainedRegistry, tmp_path: Path, source: str
 ) -> None:
+    """From its own store, or (the Helm chart's controller, which takes no Observe calls)
+    from the folder of the routers' stores, read-only."""
     import asyncio
     import socket
 
     from router.app import ControllerSettings, RouterServer, RouterSettings
 
-    store_with(tmp_path / "obs.db", {"seattle-temps": 1.0}).close()
+    if source == "own store":
+        store_with(tmp_path / "obs.db", {"seattle-temps": 1.0}).close()
+        stores = {"observations": tmp_path / "obs.db"}
+    else:
+        (tmp_path / "routers").mkdir()
+        store_with(tmp_path / "routers" / "router-a.db", {"seattle-temps": 1.0}).close()
+        store_with(tmp_path / "routers" / "router-b.db", {"sf-temps": 0.0}).close()
+        stores = {"drift_observations": tmp_path / "routers"}
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         dead = f"127.0.0.1:{s.getsockname()[1]}"
@@ -125,8 +135,8 @@ async def test_the_controller_exports_drift_scores_as_prometheus_gauges(
             controller=ControllerSettings(
                 registry=registry_copy.root, model=MODEL, state=tmp_path / "r.db", admin_token="t"
             ),
-            observations=tmp_path / "obs.db",
             drift_interval=0.2,
+            **stores,  # type: ignore[arg-type]
         )
     )
     await server.start()
@@ -142,5 +152,18 @@ async def test_the_controller_exports_drift_scores_as_prometheus_gauges(
         assert psi is not None and psi > DriftPolicy().psi_threshold
         assert registry.get_sample_value("canarycast_drift_ks_statistic", labels) is not None
         assert (registry.get_sample_value("canarycast_drift_performance_ratio") or 0) > 0
+        if source != "own store":
+            quiet = registry.get_sample_value("canarycast_drift_detected", {"series": "sf-temps"})
+            assert quiet == 0.0  # the other router's series, unchanged
+            assert server.router.observations is None  # it stores nothing itself
     finally:
         await server.stop(0)
+
+
+def test_drift_settings_are_checked_naming_the_flag(tmp_path: Path) -> None:
+    from router.app import RouterServer, RouterSettings
+
+    with pytest.raises(ValueError, match="--drift-observations needs the controller"):
+        RouterServer(RouterSettings(stable=["127.0.0.1:1"], drift_observations=tmp_path))
+    with pytest.raises(ValueError, match="--drift-interval"):
+        RouterServer(RouterSettings(stable=["127.0.0.1:1"], drift_interval=0))
