@@ -21,7 +21,7 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from router.analysis import Analyzer
-from router.metrics import RolloutMetrics, RouterMetrics
+from router.metrics import DriftMetrics, RolloutMetrics, RouterMetrics
 from router.spans_in import WANTED_SPANS
 from server.metrics import ServerMetrics
 from tests.helm.conftest import CHART, COMBINATIONS, Render, container, find
@@ -43,6 +43,7 @@ def exported_metric_names() -> set[str]:
         names |= _names(registry)
     rollout = CollectorRegistry()
     RolloutMetrics(rollout)
+    DriftMetrics(rollout)
     Analyzer(registry=rollout)
     return names | _names(rollout)
 
@@ -153,7 +154,12 @@ ROLLED_BACK = (
     "The controller in forecasts rolled a canary back in the last 15 minutes. "
     "`canarycast rollout history` shows the reason."
 )
-NOT_SERVING = "No router sees canary at cc-canarycast-canary:50051 serving for 2 minutes."
+NOT_SERVING = "No router sees canary at 10.1.2.3:50051 serving for 2 minutes."
+DRIFTED = (
+    'performance has drifted for 30 minutes ("performance": the stable model\'s error on '
+    "recent observations). The retraining job (with --on-drift) trains a candidate on its "
+    "next run; `canarycast drift` shows the report."
+)
 FAILING = "50% of the calls sent to the canary failed over 5 minutes (threshold 0.05)."
 
 
@@ -184,11 +190,22 @@ def test_promtool_accepts_the_rules_and_the_alerts_fire(
                         "series": f'canarycast_rollout_phase{{{ns}, pod="c", phase="progressing"}}',
                         "values": "1 1 1 0x30",
                     },
-                    # a canary replica down for good from minute 1
+                    # a canary pod (dialled by IP, dns:/// backends) down for good from minute 1
                     {
                         "series": f'canarycast_router_backend_serving{{{ns}, pod="r", '
-                        'variant="canary", address="cc-canarycast-canary:50051"}',
+                        'variant="canary", address="10.1.2.3:50051"}',
                         "values": "1 0x20",
+                    },
+                    # the stable model's online error drifted from minute 5; one series did not
+                    {
+                        "series": f'canarycast_drift_detected{{{ns}, pod="c", '
+                        'series="performance"}',
+                        "values": "0x5 1x60",
+                    },
+                    {
+                        "series": f'canarycast_drift_detected{{{ns}, pod="c", '
+                        'series="seattle-temps"}',
+                        "values": "0x65",
                     },
                     # half of the canary's calls failing
                     {
@@ -245,11 +262,33 @@ def test_promtool_accepts_the_rules_and_the_alerts_fire(
                                     "severity": "critical",
                                     "namespace": "forecasts",
                                     "variant": "canary",
-                                    "address": "cc-canarycast-canary:50051",
+                                    "address": "10.1.2.3:50051",
                                 },
                                 "exp_annotations": {
                                     "summary": "A model server is not serving",
                                     "description": NOT_SERVING,
+                                },
+                            }
+                        ],
+                    },
+                    {
+                        "eval_time": "30m",
+                        "alertname": "CanarycastDriftDetected",
+                        "exp_alerts": [],
+                    },
+                    {
+                        "eval_time": "40m",
+                        "alertname": "CanarycastDriftDetected",
+                        "exp_alerts": [
+                            {
+                                "exp_labels": {
+                                    "severity": "warning",
+                                    "namespace": "forecasts",
+                                    "series": "performance",
+                                },
+                                "exp_annotations": {
+                                    "summary": "The stable model's inputs or errors have drifted",
+                                    "description": DRIFTED,
                                 },
                             }
                         ],
