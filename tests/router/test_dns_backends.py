@@ -124,9 +124,11 @@ async def test_calls_are_balanced_over_every_address_and_follow_the_answer_as_it
         assert gauge_addresses(router) == {a, b}
 
         # A pod goes away while calls run: the rest keep being answered, none fail.
+        pool = router.router.pools["stable"]
         load = asyncio.create_task(calls(router, 60))
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(0.05)
         dns.addresses = [b]
+        await wait_until(lambda: [r.address for r in pool.replicas] == [b], 20, "the refresh")
         codes = await load
         assert set(codes) == {grpc.StatusCode.OK}, codes
         before = [served(s) for s in servers]
@@ -145,7 +147,6 @@ async def test_calls_are_balanced_over_every_address_and_follow_the_answer_as_it
 
         # A pod comes back: it takes calls again.
         dns.addresses = [a, b]
-        pool = router.router.pools["stable"]
         await wait_until(lambda: len(pool.replicas) == 2, 20, "the next refresh adds it")
         async with asyncio.timeout(20):
             await router.wait_for_backends()
