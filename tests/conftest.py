@@ -6,10 +6,13 @@ suite stays fast; the default recipe is exercised in tests/server/test_training.
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -18,6 +21,10 @@ from server.model import ModelConfig
 from server.pipeline import config_for, train_and_register
 from server.registry import ModelVersion, Registry
 from server.training import TrainParams
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import ReadableSpan
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 MODEL = "temps"
 
@@ -105,3 +112,17 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         for key, n in sorted(cases.items()):
             terminalreporter.write_line(f"{key:40s} {n:7d}")
         terminalreporter.write_line(f"{'total':40s} {sum(cases.values()):7d}")
+
+
+async def ended(
+    exporter: InMemorySpanExporter, keep: Callable[[ReadableSpan], bool], n: int = 1
+) -> list[ReadableSpan]:
+    """The finished spans `keep` selects, once there are at least `n` (or after 5 s): an
+    interceptor ends a call's span just after the answer is sent, so the caller can hold
+    the answer a moment before the span is recorded."""
+    for _ in range(500):
+        found = [s for s in exporter.get_finished_spans() if keep(s)]
+        if len(found) >= n:
+            return found
+        await asyncio.sleep(0.01)
+    return found

@@ -22,7 +22,7 @@ from router.app import RouterServer, RouterSettings
 from router.routing import Mode, StickyKey
 from server.app import ModelServer, ServerSettings
 from server.data import load_dataset
-from tests.conftest import MODEL, TrainedRegistry
+from tests.conftest import MODEL, TrainedRegistry, ended
 
 SERIES = load_dataset("seattle-temps").series[0]
 LOOKBACK = 48
@@ -34,6 +34,9 @@ def request(series_id: str = "s", offset: int = 1000, horizon: int = 6) -> pb.Fo
     s = req.series.add(series_id=series_id, history=SERIES.values[offset : offset + LOOKBACK])
     s.start.FromNanoseconds(START_NS + offset * 3600 * 10**9)
     return req
+
+
+RPC_SPAN = "canarycast.v1.Forecaster/Forecast"
 
 
 def tracer_provider() -> tuple[TracerProvider, InMemorySpanExporter]:
@@ -170,11 +173,9 @@ async def test_header_forces_a_variant_and_bad_values_are_refused(cluster: Clust
         await cluster.stub.Forecast(request(), metadata=((VARIANT_HEADER, "blue"),))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert VARIANT_HEADER in (err.value.details() or "")
-    route_spans = [
-        s
-        for s in cluster.router_spans.get_finished_spans()
-        if s.name == "canarycast.v1.Forecaster/Forecast" and spans.ROUTING_REASON in s.attributes
-    ]
+    route_spans = await ended(
+        cluster.router_spans, lambda s: s.name == RPC_SPAN and spans.ROUTING_REASON in s.attributes
+    )
     assert route_spans[0].attributes[spans.ROUTING_REASON] == "header"
 
 
@@ -266,18 +267,13 @@ async def test_traces_and_deadlines_reach_the_server(registry_copy: TrainedRegis
                 break
             await asyncio.sleep(0.01)
         assert total == 1
+        await ended(c.router_spans, lambda s: s.name == RPC_SPAN)  # the late call's span
         ok = await c.stub.Forecast(request("traced"), timeout=10)
         assert ok.model.variant == "stable"
-        router_call = [
-            s
-            for s in c.router_spans.get_finished_spans()
-            if s.name == "canarycast.v1.Forecaster/Forecast"
-        ][-1]
-        server_call = next(
-            s
-            for s in c.server_spans.get_finished_spans()
-            if s.name == "canarycast.v1.Forecaster/Forecast"
-            and s.context.trace_id == router_call.context.trace_id
+        [_, router_call] = await ended(c.router_spans, lambda s: s.name == RPC_SPAN, 2)
+        [server_call] = await ended(
+            c.server_spans,
+            lambda s: s.name == RPC_SPAN and s.context.trace_id == router_call.context.trace_id,
         )
         assert server_call.context.trace_id == router_call.context.trace_id
         assert server_call.parent is not None
@@ -301,8 +297,7 @@ async def test_a_canary_that_is_not_serving_takes_no_traffic(
         assert c.router.metrics.failovers.labels("canary")._value.get() == 20
         reasons = {
             s.attributes.get(spans.ROUTING_REASON)
-            for s in c.router_spans.get_finished_spans()
-            if s.name == "canarycast.v1.Forecaster/Forecast"
+            for s in await ended(c.router_spans, lambda s: s.name == RPC_SPAN, 20)
         }
         assert reasons == {"failover"}
         attempts = [
@@ -388,10 +383,6 @@ async def test_a_failed_call_is_counted_against_the_variant_that_failed(cluster:
     bad = pb.ForecastRequest(horizon=99, series=[pb.SeriesInput(series_id="x", history=[1.0] * 48)])
     with pytest.raises(grpc.aio.AioRpcError):
         await cluster.stub.Forecast(bad, metadata=((VARIANT_HEADER, "canary"),))
-    [call] = [
-        s
-        for s in cluster.router_spans.get_finished_spans()
-        if s.name == "canarycast.v1.Forecaster/Forecast"
-    ]
+    [call] = await ended(cluster.router_spans, lambda s: s.name == RPC_SPAN)
     assert call.attributes[spans.VARIANT] == "canary"
     assert call.attributes["rpc.grpc.status_code"] == grpc.StatusCode.INVALID_ARGUMENT.value[0]

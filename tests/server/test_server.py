@@ -23,7 +23,7 @@ from server.app import SERVICE_NAME, ModelServer, ServerSettings
 from server.data import load_dataset
 from server.loader import load_model
 from server.metrics import ServerMetrics
-from tests.conftest import MODEL, TrainedRegistry
+from tests.conftest import MODEL, TrainedRegistry, ended
 
 SERIES = load_dataset("seattle-temps").series[0]
 LOOKBACK = 48
@@ -385,8 +385,8 @@ async def test_spans_continue_the_callers_trace_and_carry_the_forecast(running: 
     trace_id = 0x0AF7651916CD43DD8448EB211C80319C
     metadata = (("traceparent", f"00-{trace_id:032x}-b7ad6b7169203331-01"),)
     await running.stub.Forecast(request(n=2), metadata=metadata)
+    [call] = await ended(running.spans, lambda s: s.name == "canarycast.v1.Forecaster/Forecast")
     spans = running.spans.get_finished_spans()
-    call = next(s for s in spans if s.name == "canarycast.v1.Forecaster/Forecast")
     assert call.context.trace_id == trace_id
     assert call.kind == trace.SpanKind.SERVER
     assert call.attributes["rpc.grpc.status_code"] == 0
@@ -405,7 +405,7 @@ async def test_spans_continue_the_callers_trace_and_carry_the_forecast(running: 
     with pytest.raises(grpc.aio.AioRpcError):
         await running.stub.Forecast(pb.ForecastRequest(horizon=1))
     await running.health.Check(health_pb2.HealthCheckRequest())
-    [rejected] = running.spans.get_finished_spans()
+    [rejected] = await ended(running.spans, lambda s: True)
     assert rejected.attributes["rpc.grpc.status_code"] == grpc.StatusCode.INVALID_ARGUMENT.value[0]
 
 
