@@ -114,6 +114,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             parent = propagate.extract(carrier)
             started = time.perf_counter()
             code = grpc.StatusCode.OK
+            refusal: tuple[grpc.StatusCode, str] | None = None
             with (
                 self._tracer.start_as_current_span(
                     method.lstrip("/"),
@@ -133,7 +134,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                     code = exc.status_code
                     span.set_status(Status(StatusCode.ERROR, str(exc)))
                     log.info("call_rejected", code=code.name, error=str(exc))
-                    await context.abort(code, str(exc))
+                    refusal = (code, str(exc))
                 except asyncio.CancelledError:
                     code = grpc.StatusCode.CANCELLED
                     raise
@@ -145,11 +146,15 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                     span.record_exception(exc)
                     span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
                     log.exception("call_failed")
-                    await context.abort(code, f"internal error: {type(exc).__name__}")
+                    refusal = (code, f"internal error: {type(exc).__name__}")
                 finally:
                     span.set_attribute("rpc.grpc.status_code", code.value[0])
                     if self._metrics is not None:
                         self._metrics.observe(short, code, time.perf_counter() - started)
+            # The span has ended and the call is counted before the refusal leaves, so a
+            # caller holding the answer finds both (a successful answer leaves after too).
+            assert refusal is not None
+            await context.abort(*refusal)
 
         return wrapped
 
