@@ -9,6 +9,8 @@ from pathlib import Path
 import grpc
 import structlog
 
+from canarycast.files import Stamp, stamp
+
 log = structlog.get_logger("canarycast.tls")
 
 
@@ -37,10 +39,10 @@ class ServerTLS:
         seen = {"stamp": self._stamp()}  # the files as last looked at, loaded or refused
 
         def fetch() -> grpc.ServerCertificateConfiguration | None:
-            stamp = self._stamp()
-            if stamp == seen["stamp"]:
+            now = self._stamp()
+            if now == seen["stamp"]:
                 return None
-            seen["stamp"] = stamp
+            seen["stamp"] = now
             try:
                 config = self._configuration()
             except ValueError as exc:
@@ -56,17 +58,8 @@ class ServerTLS:
     def _files(self) -> list[Path]:
         return [self.cert, self.key] + ([self.client_ca] if self.client_ca else [])
 
-    def _stamp(self) -> tuple[tuple[int, int, int] | None, ...]:
-        """What identifies the files' contents now (None for one that cannot be seen)."""
-        stamps: list[tuple[int, int, int] | None] = []
-        for f in self._files():
-            try:
-                s = Path(f).stat()
-            except OSError:
-                stamps.append(None)
-            else:
-                stamps.append((s.st_ino, s.st_size, s.st_mtime_ns))
-        return tuple(stamps)
+    def _stamp(self) -> tuple[Stamp, ...]:
+        return tuple(stamp(f) for f in self._files())
 
     def _configuration(self) -> grpc.ServerCertificateConfiguration:
         """The files as gRPC's configuration, checked first: PEM that parses, a key that

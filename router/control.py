@@ -28,6 +28,7 @@ import numpy as np
 import structlog
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from canarycast.files import stamp
 from canarycast.headers import metadata_value
 from canarycast.v1 import rollout_pb2 as rpb
 from canarycast.v1 import rollout_pb2_grpc as rpb_grpc
@@ -97,22 +98,14 @@ class Token:
         self._check_every = check_every
         self._clock = clock
         self._next_check = clock() + check_every
-        self._stamp = self._stat() if path is not None else None
-
-    def _stat(self) -> tuple[int, int, int] | None:
-        assert self.path is not None
-        try:
-            s = self.path.stat()
-        except OSError:
-            return None
-        return (s.st_ino, s.st_size, s.st_mtime_ns)
+        self._stamp = stamp(path) if path is not None else None
 
     def current(self) -> str:
         if self.path is not None and self._clock() >= self._next_check:
             self._next_check = self._clock() + self._check_every
-            stamp = self._stat()
-            if stamp != self._stamp:
-                self._stamp = stamp
+            now = stamp(self.path)
+            if now != self._stamp:
+                self._stamp = now
                 try:
                     value = load_admin_token(self.path, what=self.what)
                 except ValueError as exc:
