@@ -121,6 +121,10 @@ class Act:
                 "stable_error",
                 "canary_error",
                 "pairs",
+                "units",
+                "interval_ratio",
+                "interval_lower",
+                "interval_upper",
             )
         }
     )
@@ -136,10 +140,21 @@ class Act:
             "upper": j.upper if j.has_ratio and math.isfinite(j.upper) else math.nan,
             "stable_error": s.stable.mean_scaled_error if s.stable.scored_forecasts else math.nan,
             "canary_error": s.canary.mean_scaled_error if s.canary.scored_forecasts else math.nan,
-            "pairs": float(j.samples if j.method == "paired" else 0),
+            "pairs": float(j.pairs),
+            "units": float(j.samples if j.method == "paired" else 0),
+            **_interval(j),
         }
         for key, value in row.items():
             self.timeline[key].append(value)
+
+
+def _interval(j: rpb.Judgement) -> dict[str, float]:
+    """The interval score's ratio and bounds, NaN where it is not judged (yet)."""
+    for m in j.metrics:
+        if m.metric == "interval" and m.has_ratio:
+            upper = m.upper if math.isfinite(m.upper) else math.nan
+            return {"interval_ratio": m.ratio, "interval_lower": m.lower, "interval_upper": upper}
+    return dict.fromkeys(("interval_ratio", "interval_lower", "interval_upper"), math.nan)
 
 
 def train_models(registry: Registry, dataset: Dataset) -> dict[str, ModelVersion]:
@@ -172,9 +187,10 @@ def panel(act: Act, s: rpb.RolloutStatus, t: float) -> str:
     if j.has_ratio:
         upper = "inf" if math.isinf(j.upper) else f"{j.upper:.2f}"
         ratio = f"{j.ratio:.2f} [{j.lower:.2f}, {upper}]"
+    units = j.samples if j.method == "paired" else 0
     return (
         f"   {t:5.1f}s  {phase_name(s.phase):<11} step {s.step}/{len(s.steps)}  "
-        f"weight {s.canary_weight:4.2f}  pairs {j.samples if j.method == 'paired' else 0:4d}  "
+        f"weight {s.canary_weight:4.2f}  pairs {j.pairs:5d} units {units:3d}  "
         f"canary/stable error {ratio:<20} {j.verdict or '-'}"
     )
 
@@ -263,7 +279,7 @@ def plot_act(act: Act, path: Path, tolerance: float) -> None:
     import matplotlib.pyplot as plt
 
     tl = {k: np.asarray(v, dtype=float) for k, v in act.timeline.items()}
-    fig, axes = plt.subplots(3, 1, figsize=(9, 8), sharex=True)
+    fig, axes = plt.subplots(4, 1, figsize=(9, 10), sharex=True)
     axes[0].step(tl["t"], tl["weight"] * 100, where="post", color="tab:orange")
     axes[0].set_ylabel("canary weight (%)")
     axes[0].set_ylim(-5, 105)
@@ -271,7 +287,7 @@ def plot_act(act: Act, path: Path, tolerance: float) -> None:
     axes[1].plot(tl["t"], tl["canary_error"], ".-", label=f"canary {act.candidate}")
     axes[1].set_ylabel("mean scaled error")
     axes[1].legend(loc="best")
-    axes[2].plot(tl["t"], tl["ratio"], ".-", color="black", label="canary / stable")
+    axes[2].plot(tl["t"], tl["ratio"], ".-", color="black", label="point error")
     axes[2].fill_between(tl["t"], tl["lower"], tl["upper"], alpha=0.25, label="judge's interval")
     known = np.isfinite(tl["lower"]) & np.isfinite(tl["upper"]) & np.isfinite(tl["ratio"])
     axes[2].errorbar(
@@ -282,10 +298,21 @@ def plot_act(act: Act, path: Path, tolerance: float) -> None:
         ecolor="tab:blue",
         alpha=0.5,
     )
+    axes[2].plot(tl["t"], tl["interval_ratio"], ".-", color="tab:green", label="interval score")
+    axes[2].fill_between(
+        tl["t"], tl["interval_lower"], tl["interval_upper"], color="tab:green", alpha=0.15
+    )
     axes[2].axhline(1 + tolerance, color="tab:red", linestyle="--", label="1 + tolerance")
-    axes[2].set_ylabel("error ratio")
-    axes[2].set_xlabel("seconds since the rollout started")
-    shown = np.concatenate([tl["ratio"], tl["upper"]])
+    axes[2].set_ylabel("canary / stable")
+    axes[3].plot(tl["t"], tl["units"], "-", color="black", label="effective units (judged)")
+    axes[3].set_ylabel("effective units")
+    twin = axes[3].twinx()
+    twin.plot(tl["t"], tl["pairs"], ":", color="tab:gray", label="paired steps (dependent)")
+    twin.set_ylabel("paired steps")
+    axes[3].legend(loc="upper left")
+    twin.legend(loc="lower right")
+    axes[3].set_xlabel("seconds since the rollout started")
+    shown = np.concatenate([tl["ratio"], tl["upper"], tl["interval_ratio"], tl["interval_upper"]])
     shown = shown[np.isfinite(shown)]
     top = max(2.0, float(shown.max()) * 1.1) if shown.size else 2.0
     axes[2].set_ylim(0, min(top, 10.0))

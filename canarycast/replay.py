@@ -47,6 +47,7 @@ class Replayer:
         horizon: int,
         start: int,
         timeout: float = 10.0,
+        quantiles: Sequence[float] = (0.1, 0.9),
     ) -> None:
         self.channel = grpc.aio.insecure_channel(target)
         self.stub = pb_grpc.ForecasterStub(self.channel)
@@ -55,11 +56,12 @@ class Replayer:
         self.horizon = horizon
         self.position = start  # index of the next value to be revealed
         self.timeout = timeout
+        self.quantiles = list(quantiles)  # the 80 % interval, as a user would ask
         self.stats = ReplayStats()
 
     def _request(self, s: ReplaySeries) -> pb.ForecastRequest:
         first = self.position - self.lookback
-        request = pb.ForecastRequest(horizon=self.horizon)
+        request = pb.ForecastRequest(horizon=self.horizon, quantiles=self.quantiles)
         item = request.series.add(series_id=s.series_id, history=s.values[first : self.position])
         item.start.FromNanoseconds(
             int(s.timestamps[first].astype("datetime64[ns]").astype(np.int64))

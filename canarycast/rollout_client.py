@@ -95,11 +95,45 @@ def status_dict(status: rpb.RolloutStatus) -> dict[str, object]:
     return data
 
 
-def _ratio(j: rpb.Judgement) -> str:
+def _ratio(j: rpb.Judgement | rpb.MetricJudgement) -> str:
     if not j.has_ratio:
         return "-"
     upper = "inf" if math.isinf(j.upper) else f"{j.upper:.3f}"
     return f"{j.ratio:.3f} [{j.lower:.3f}, {upper}]"
+
+
+_LABELS = {"point": "error ratio", "interval": "interval ratio"}
+
+
+def _samples(s: rpb.RolloutStatus) -> str:
+    """Pairs and the effective units the judge counts ("pairs 1,240, effective units 62")."""
+    j = s.judgement
+    calls = (
+        f"stable calls {s.stable.calls} (errors {s.stable.errors}), "
+        f"canary calls {s.canary.calls} (errors {s.canary.errors})"
+    )
+    if j.method == "paired":
+        return f"pairs {j.pairs:,}, effective units {j.samples:,}; {calls}"
+    if j.method == "series":
+        return f"no pairs, {j.samples} series on the smaller variant; {calls}"
+    return f"pairs 0; {calls}"
+
+
+def _ratios(j: rpb.Judgement, method: str) -> list[tuple[str, str]]:
+    """One row per judged metric (the error ratio alone for a judgement without metrics)."""
+    if not j.metrics:
+        return [("error ratio", f"{_ratio(j)}  canary/stable, {method}")]
+    rows = []
+    for m in j.metrics:
+        detail = f"{m.verdict}" + (
+            f", blocks of {m.block_horizons:g} horizons" if m.block_horizons else ""
+        )
+        if m.note:
+            detail = m.note
+        rows.append(
+            (_LABELS.get(m.metric, m.metric), f"{_ratio(m)}  canary/stable, {method}: {detail}")
+        )
+    return rows
 
 
 def format_status(s: rpb.RolloutStatus) -> str:
@@ -116,13 +150,8 @@ def format_status(s: rpb.RolloutStatus) -> str:
         ("step", f"{s.step}/{len(s.steps)}  ({', '.join(f'{w:g}' for w in s.steps)})"),
         ("canary weight", f"{s.canary_weight:g}"),
         ("time in step", f"{s.seconds_in_step:.0f} s"),
-        (
-            "samples",
-            f"pairs {j.samples if j.method == 'paired' else 0}, "
-            f"stable calls {s.stable.calls} (errors {s.stable.errors}), "
-            f"canary calls {s.canary.calls} (errors {s.canary.errors})",
-        ),
-        ("error ratio", f"{_ratio(j)}  canary/stable, {method}"),
+        ("samples", _samples(s)),
+        *_ratios(j, method),
         (
             "guardrails",
             f"breached: {j.guardrail}"

@@ -25,6 +25,10 @@ VARIANT = "canarycast.variant"
 HORIZON = "canarycast.horizon"
 BATCH_SIZE = "canarycast.batch_size"
 POINT = "canarycast.point"
+# The quantiles the forecast served, for the interval score: their levels, and their
+# values level by level (len(levels) * horizon values, the first level's steps first).
+QUANTILE_LEVELS = "canarycast.quantile_levels"
+QUANTILES = "canarycast.quantiles"
 SCALE = "canarycast.scale"
 TARGET_TIMESTAMPS = "canarycast.target_timestamps"  # int64 ns since the epoch
 TIMESTAMPS = "canarycast.timestamps"  # observed, int64 ns
@@ -52,8 +56,13 @@ def record_forecast(
     scale: float,
     start_time: int | None = None,
     extra: dict[str, str | int | float | bool] | None = None,
+    quantile_levels: Sequence[float] | None = None,
+    quantiles: np.ndarray | None = None,
 ) -> None:
-    """One finished `forecast` span, a child of the current span."""
+    """One finished `forecast` span, a child of the current span.
+
+    ``quantiles`` has one row per level of ``quantile_levels``, one value per step.
+    """
     attributes: dict[str, str | int | float | bool | list[float] | list[int]] = {
         SERIES_ID: series_id,
         FORECAST_ID: forecast_id,
@@ -66,6 +75,9 @@ def record_forecast(
     }
     if timestamps is not None and len(timestamps):
         attributes[TARGET_TIMESTAMPS] = [int(t) for t in timestamps]
+    if quantile_levels is not None and quantiles is not None and len(quantile_levels):
+        attributes[QUANTILE_LEVELS] = [float(q) for q in quantile_levels]
+        attributes[QUANTILES] = np.asarray(quantiles, dtype=np.float64).ravel().tolist()
     if extra:
         attributes.update(extra)
     tracer.start_span(FORECAST_SPAN, start_time=start_time, attributes=attributes).end()

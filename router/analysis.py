@@ -1,13 +1,20 @@
 """Online error of each variant: forecasts joined with actuals, evidence for the judge.
 
 The analyzer receives three kinds of records (from spans, see `router.spans_in`):
-forecasts (what a variant predicted for which timestamps), observations (actual
-values) and routed calls (for the guardrails). It joins predictions with
-actuals by (series id, timestamp) whichever arrives first, turns each matched
-point into a scaled absolute error |actual - predicted| / scale (as in MASE),
-and scores a forecast once all its target timestamps have an actual. When the
-stable and the canary forecast of the same call and series are both scored,
-they form one *pair*: the judge compares variants on the same actuals.
+forecasts (what a variant predicted for which timestamps, with the quantiles it
+served), observations (actual values) and routed calls (for the guardrails). It
+joins predictions with actuals by (series id, timestamp) whichever arrives first
+and scores **each forecast step as its actual arrives**: the scaled absolute
+error |actual - median| / scale (as in MASE) and, where the forecast carried a
+central interval (quantiles tau and 1 - tau), the interval score of Gneiting and
+Raftery (2007): (u - l) + 2/beta (l - y)+ + 2/beta (y - u)+ with beta = 2 tau, also
+divided by the scale (averaged over the intervals served). When the stable and
+the canary forecast of the same call and series are both scored at a target
+time, they form one *paired step*: the judge compares variants on the same
+actuals. Paired steps are summed per actual of a series into one row of
+evidence (what the judge groups into effective units, see `router.judge`), so
+a day-ahead model's rollout has evidence one step after it starts instead of
+one horizon.
 
 Memory is bounded: pending forecasts by `max_pending` (oldest evicted first),
 held actuals by `ttl` and `max_actuals`, scored samples by `max_scored` and
@@ -29,12 +36,12 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from router.judge import Evidence, VariantStats
+from router.judge import STEP_COLUMNS, Evidence, VariantStats
 from router.routing import CANARY, STABLE
 
 VARIANTS: tuple[str, str] = (STABLE, CANARY)
@@ -55,6 +62,8 @@ class ForecastRecord:
     point: tuple[float, ...]
     scale: float
     shadow: bool
+    quantile_levels: tuple[float, ...] = ()  # the served quantiles' levels
+    quantiles: tuple[tuple[float, ...], ...] = ()  # one row per level, a value per step
 
 
 @dataclass(frozen=True)
@@ -83,7 +92,7 @@ class AnalyzerStats:
     pending_actuals: int
     scored: dict[str, int]  # per variant
     partial: int  # scored at TTL on some of their points
-    pairs: int
+    pairs: int  # paired forecast steps
     evictions: dict[str, int]  # by reason: "ttl", "capacity"
     unscorable: int
     duplicates: int
@@ -138,28 +147,97 @@ class _Columns:
         return self._data[: self._n, i]
 
 
+def _intervals(record: ForecastRecord) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(lower, upper, beta) of each central interval a forecast served, or None.
+
+    Lower and upper have one row per interval (levels tau and 1 - tau, tau < 0.5);
+    beta = 2 tau is its nominal miss rate. Malformed quantiles serve no interval.
+    """
+    levels, rows = record.quantile_levels, record.quantiles
+    h = len(record.point)
+    if len(levels) < 2 or len(rows) != len(levels) or any(len(r) != h for r in rows):
+        return None
+    values = np.asarray(rows, dtype=np.float64)
+    if not np.isfinite(values).all():
+        return None
+    index = {round(float(q), 9): i for i, q in enumerate(levels)}
+    lows, highs, betas = [], [], []
+    for q, i in index.items():
+        j = index.get(round(1.0 - q, 9))
+        if 0.0 < q < 0.5 and j is not None:
+            lows.append(np.minimum(values[i], values[j]))
+            highs.append(np.maximum(values[i], values[j]))
+            betas.append(2.0 * q)
+    if not betas:
+        return None
+    return np.asarray(lows), np.asarray(highs), np.asarray(betas)
+
+
 class _Pending:
     """A forecast waiting for actuals; `errors` is NaN where no actual has come yet."""
 
-    __slots__ = ("arrived", "errors", "record", "scale", "waiting")
+    __slots__ = ("arrived", "errors", "intervals", "record", "scale", "scored", "waiting")
 
     def __init__(self, record: ForecastRecord, scale: float, arrived: float) -> None:
         self.record = record
         self.scale = scale
         self.arrived = arrived
         self.errors = np.full(len(record.point), np.nan)
+        self.intervals = _intervals(record)
         self.waiting = 0
+        self.scored = False
+
+    def score(self, i: int, actual: float) -> tuple[float, float]:
+        """Score step i on its actual: (scaled error, scaled interval score or NaN)."""
+        error = abs(actual - self.record.point[i]) / self.scale
+        self.errors[i] = error
+        if self.intervals is None:
+            return error, math.nan
+        low, high, beta = self.intervals[0][:, i], self.intervals[1][:, i], self.intervals[2]
+        miss = np.maximum(low - actual, 0.0) + np.maximum(actual - high, 0.0)
+        score = float(np.mean(high - low + 2.0 / beta * miss)) / self.scale
+        return error, score
 
 
 @dataclass
 class _Half:
-    """A scored forecast waiting for the other variant's forecast of the same call."""
+    """A scored forecast step waiting for the other variant's step of the same call."""
 
-    variant: str
-    timestamps: np.ndarray
-    errors: np.ndarray
+    variant: int  # 0 stable, 1 canary
+    error: float
+    interval: float  # NaN: no interval served
     at: float
     version: int  # index into Analyzer._versions
+
+
+class _Sums:
+    """Scores of the steps one actual (or one late forecast) scored, summed per row of output."""
+
+    __slots__ = ("pairs", "steps")
+
+    def __init__(self) -> None:
+        # (stable version, canary version) -> [stable, canary, n, stable iv, canary iv, n iv]
+        self.pairs: dict[tuple[int, int], list[float]] = {}
+        # (variant, version) -> [score, n, interval, n interval]
+        self.steps: dict[tuple[int, int], list[float]] = {}
+
+    def step(self, variant: int, version: int, error: float, interval: float) -> None:
+        row = self.steps.setdefault((variant, version), [0.0, 0.0, 0.0, 0.0])
+        row[0] += error
+        row[1] += 1.0
+        if not math.isnan(interval):
+            row[2] += interval
+            row[3] += 1.0
+
+    def pair(self, stable: _Half, canary: _Half) -> None:
+        row = self.pairs.setdefault((stable.version, canary.version), [0.0] * 6)
+        row[0] += stable.error
+        row[1] += canary.error
+        row[2] += 1.0
+        if not (math.isnan(stable.interval) or math.isnan(canary.interval)):
+            row[3] += stable.interval
+            row[4] += canary.interval
+            row[5] += 1.0
 
 
 class _Metrics:
@@ -182,7 +260,7 @@ class _Metrics:
         )
         self.pairs = Counter(
             "canarycast_analysis_pairs",
-            "Stable and canary forecasts of the same call and series, both scored.",
+            "Paired forecast steps: both variants' steps of one call, series and target, scored.",
             registry=registry,
         )
         self.evictions = Counter(
@@ -205,7 +283,7 @@ class _Metrics:
 
 
 class Analyzer:
-    """Joins forecasts with actuals and keeps per-variant errors; thread-safe."""
+    """Joins forecasts with actuals and keeps per-variant scores; thread-safe."""
 
     def __init__(
         self,
@@ -230,17 +308,21 @@ class Analyzer:
         self._waiting: dict[tuple[str, int], list[_Pending]] = {}
         # (series, timestamp) -> (value, clock time received), oldest first
         self._actuals: OrderedDict[tuple[str, int], tuple[float, float]] = OrderedDict()
-        # (call id, series) -> the first scored forecast of a call
-        self._halves: OrderedDict[tuple[str, str], _Half] = OrderedDict()
+        # (call id, series, target timestamp) -> the first variant's scored step
+        self._halves: OrderedDict[tuple[str, str, int], _Half] = OrderedDict()
         # forecast ids recently scored or evicted, to drop duplicate spans
         self._done: OrderedDict[str, float] = OrderedDict()
-        # scored samples: (time, variant 0/1, series index, error, model version index)
-        self._scored = _Columns(5, max_scored)
-        # (time, stable error, canary error, stable version index, canary version index)
-        self._pairs = _Columns(5, max_scored)
+        # scored steps per actual: (time, variant 0/1, series index, score sum, steps,
+        # interval score sum, steps with an interval, model version index)
+        self._steps = _Columns(8, max_scored)
+        # paired steps per actual: (time, then router.judge's step columns: series index,
+        # target ns, horizon ns, stable sum, canary sum, steps, stable interval sum,
+        # canary interval sum, steps with intervals; then stable and canary version index)
+        self._pairs = _Columns(1 + STEP_COLUMNS + 2, max_scored)
         self._versions: dict[str, int] = {}
         self._calls = _Columns(4, max_scored)  # (time, variant 0/1, ok 0/1, latency)
         self._series: dict[str, int] = {}
+        self._horizons: dict[str, float] = {}  # series -> a forecast's horizon, ns
         self._scored_counts = dict.fromkeys(VARIANTS, 0)
         self._evictions = {"ttl": 0, "capacity": 0}
         self._partial = 0
@@ -251,7 +333,7 @@ class Analyzer:
     # -- input --
 
     def add_forecast(self, record: ForecastRecord) -> None:
-        """A variant's forecast; scored at once if all its actuals are already here."""
+        """A variant's forecast; its steps whose actuals are already here are scored at once."""
         with self._lock:
             now = self._received("forecast")
             self._expire(now)
@@ -267,19 +349,23 @@ class Analyzer:
                 self._unscorable += 1
                 self._metrics.unscorable.inc()
                 return
+            if len(ts) >= 2 and ts[-1] > ts[0]:
+                self._horizons[record.series_id] = (ts[-1] - ts[0]) / (len(ts) - 1) * len(ts)
             pending = _Pending(record, effective_scale(record.scale, point), now)
             for i, t in enumerate(ts):
                 key = (record.series_id, t)
                 actual = self._actuals.get(key)
                 if actual is not None:
-                    pending.errors[i] = abs(actual[0] - point[i]) / pending.scale
+                    sums = _Sums()
+                    self._score_step(pending, i, actual[0], now, sums)
+                    self._emit(record.series_id, t, sums, now)
                 else:
                     pending.waiting += 1
                     waiters = self._waiting.setdefault(key, [])
                     if not waiters or waiters[-1] is not pending:  # a timestamp given twice
                         waiters.append(pending)
             if pending.waiting == 0:
-                self._score(pending, now)
+                self._complete(pending, now)
             else:
                 self._pending[record.forecast_id] = pending
                 while len(self._pending) > self.max_pending:
@@ -320,27 +406,28 @@ class Analyzer:
         with self._lock:
             self._expire(self._clock())
             pairs = self._pairs.since(since)
-            scored = self._scored.since(since)
+            steps = self._steps.since(since)
             calls = self._calls.since(since)
             wanted = [
                 self._versions.get(v, -1) if v is not None else None
                 for v in (stable_version, canary_version)
             ]
-        for column, index in ((3, wanted[0]), (4, wanted[1])):
+        for column, index in ((1 + STEP_COLUMNS, wanted[0]), (2 + STEP_COLUMNS, wanted[1])):
             if index is not None:
                 pairs = pairs[pairs[:, column] == index]
         for variant, index in enumerate(wanted):
             if index is not None:
-                scored = scored[(scored[:, 1] != variant) | (scored[:, 4] == index)]
-        pairs = pairs[:, 1:3].copy()
-        series = [_series_means(scored[scored[:, 1] == v]) for v in range(len(VARIANTS))]
+                steps = steps[(steps[:, 1] != variant) | (steps[:, 7] == index)]
+        series = [_series_means(steps[steps[:, 1] == v]) for v in range(len(VARIANTS))]
         stats = [_call_stats(calls[calls[:, 1] == v]) for v in range(len(VARIANTS))]
         return Evidence(
-            pairs=pairs,
-            stable_series=series[0],
-            canary_series=series[1],
+            steps=pairs[:, 1 : 1 + STEP_COLUMNS].copy(),
+            stable_series=series[0][0],
+            canary_series=series[1][0],
             stable=stats[0],
             canary=stats[1],
+            stable_series_interval=series[0][1],
+            canary_series_interval=series[1][1],
         )
 
     def stats(self) -> AnalyzerStats:
@@ -360,17 +447,20 @@ class Analyzer:
             )
 
     def forget_before(self, t: float) -> None:
-        """Drop scored samples, pairs and calls from before clock time t."""
+        """Drop scored steps, pairs and calls from before clock time t."""
         with self._lock:
-            self._scored.forget_before(t)
+            self._steps.forget_before(t)
             self._pairs.forget_before(t)
             self._calls.forget_before(t)
             # re-number the series still referenced, so the table does not grow forever
-            idx = self._scored.column(2).astype(np.int64)
+            steps, pairs = self._steps.column(2), self._pairs.column(1)
+            idx = np.concatenate([steps, pairs]).astype(np.int64)
             used, inverse = np.unique(idx, return_inverse=True)
             names = {i: name for name, i in self._series.items()}
             self._series = {names[int(old)]: new for new, old in enumerate(used)}
-            self._scored.column(2)[:] = inverse
+            steps[:] = inverse[: len(steps)]
+            pairs[:] = inverse[len(steps) :]
+            self._horizons = {s: h for s, h in self._horizons.items() if s in self._series}
 
     # -- internals (lock held) --
 
@@ -385,7 +475,16 @@ class Analyzer:
         pending = self._pending.get(record.forecast_id)
         if pending is not None:
             if pending.record.call_id is None and record.call_id is not None:
-                pending.record = record  # the router's copy knows the call: keep that one
+                # the router's copy knows the call: keep that one (with the quantiles
+                # either copy carried; a server's span has all the model serves)
+                if not record.quantile_levels and pending.record.quantile_levels:
+                    record = replace(
+                        record,
+                        quantile_levels=pending.record.quantile_levels,
+                        quantiles=pending.record.quantiles,
+                    )
+                pending.record = record
+                pending.intervals = _intervals(record)
             self._duplicates += 1
             return True
         if record.forecast_id in self._done:
@@ -403,15 +502,19 @@ class Analyzer:
             key = (series_id, int(t))
             self._actuals[key] = (value, now)
             self._actuals.move_to_end(key)
-            for pending in self._waiting.pop(key, ()):
-                point = pending.record.point
+            waiters = self._waiting.pop(key, ())
+            if not waiters:
+                continue
+            sums = _Sums()
+            for pending in waiters:
                 for i, target in enumerate(pending.record.timestamps):
                     if target == key[1]:
-                        pending.errors[i] = abs(value - point[i]) / pending.scale
+                        self._score_step(pending, i, value, now, sums)
                         pending.waiting -= 1
                 if pending.waiting == 0:
                     del self._pending[pending.record.forecast_id]
-                    self._score(pending, now)
+                    self._complete(pending, now)
+            self._emit(series_id, key[1], sums, now)
         while len(self._actuals) > self.max_actuals:
             self._actuals.popitem(last=False)
 
@@ -447,42 +550,53 @@ class Analyzer:
             self._mark_done(record.forecast_id, now)
         else:
             self._partial += 1
-            self._score(pending, now)
+            self._complete(pending, now)
 
-    def _score(self, pending: _Pending, now: float) -> None:
+    def _score_step(
+        self, pending: _Pending, i: int, actual: float, now: float, sums: _Sums
+    ) -> None:
+        """Score step i of a forecast and pair it with the other variant's step, if scored."""
+        error, interval = pending.score(i, actual)
         record = pending.record
-        matched = ~np.isnan(pending.errors)
-        errors = pending.errors[matched]
         variant = VARIANTS.index(record.variant)
-        series = self._series.setdefault(record.series_id, len(self._series))
         version = self._versions.setdefault(record.model_version, len(self._versions))
-        self._scored.append((now, variant, series, float(errors.mean()), version))
-        self._scored_counts[record.variant] += 1
-        self._metrics.scored.labels(record.variant).inc()
-        self._mark_done(record.forecast_id, now)
+        sums.step(variant, version, error, interval)
         if record.call_id is None:
             return
-        key = (record.call_id, record.series_id)
-        timestamps = np.asarray(record.timestamps, dtype=np.int64)[matched]
+        key = (record.call_id, record.series_id, record.timestamps[i])
+        half = _Half(variant, error, interval, now, version)
         other = self._halves.get(key)
-        if other is None or other.variant == record.variant:
-            self._halves[key] = _Half(record.variant, timestamps, errors, now, version)
-            while len(self._halves) > self.max_pending:
+        if other is None or other.variant == variant:
+            self._halves[key] = half
+            self._halves.move_to_end(key)
+            while len(self._halves) > self.max_actuals:
                 self._halves.popitem(last=False)
             return
         del self._halves[key]
-        # compare the two variants on the timestamps both were scored on
-        _, mine, theirs = np.intersect1d(timestamps, other.timestamps, return_indices=True)
-        if not len(mine):
-            return
-        own, partner = float(errors[mine].mean()), float(other.errors[theirs].mean())
-        if record.variant == STABLE:
-            stable, canary, versions = own, partner, (version, other.version)
-        else:
-            stable, canary, versions = partner, own, (other.version, version)
-        self._pairs.append((now, stable, canary, *versions))
+        sums.pair(*((half, other) if variant == 0 else (other, half)))
         self._pair_count += 1
         self._metrics.pairs.inc()
+
+    def _emit(self, series_id: str, target: int, sums: _Sums, now: float) -> None:
+        """One row of scored steps per variant and of paired steps for one actual."""
+        if not sums.steps:
+            return
+        series = self._series.setdefault(series_id, len(self._series))
+        horizon = self._horizons.get(series_id, 0.0)
+        for (variant, version), (score, n, interval, n_interval) in sums.steps.items():
+            self._steps.append((now, variant, series, score, n, interval, n_interval, version))
+        for (stable_v, canary_v), row in sums.pairs.items():
+            self._pairs.append((now, series, float(target), horizon, *row, stable_v, canary_v))
+
+    def _complete(self, pending: _Pending, now: float) -> None:
+        """A forecast all of whose steps that will be scored are: count it, remember its id."""
+        if pending.scored:
+            return
+        pending.scored = True
+        variant = pending.record.variant
+        self._scored_counts[variant] += 1
+        self._metrics.scored.labels(variant).inc()
+        self._mark_done(pending.record.forecast_id, now)
 
     def _mark_done(self, forecast_id: str, now: float) -> None:
         self._done[forecast_id] = now
@@ -494,15 +608,19 @@ class Analyzer:
         self._metrics.actuals.set(len(self._actuals))
 
 
-def _series_means(rows: np.ndarray) -> np.ndarray:
-    """Mean error per series of (time, variant, series index, error) rows."""
+def _series_means(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean point score and mean interval score (NaN: none) per series of step rows."""
     if not len(rows):
-        return np.empty(0)
+        return np.empty(0), np.empty(0)
     idx = rows[:, 2].astype(np.int64)
-    counts = np.bincount(idx)
     sums = np.bincount(idx, weights=rows[:, 3])
+    counts = np.bincount(idx, weights=rows[:, 4])
+    interval = np.bincount(idx, weights=rows[:, 5])
+    n_interval = np.bincount(idx, weights=rows[:, 6])
     seen = counts > 0
-    return np.asarray(sums[seen] / counts[seen], dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        iv = np.where(n_interval > 0, interval / n_interval, np.nan)
+    return np.asarray(sums[seen] / counts[seen], dtype=np.float64), iv[seen]
 
 
 def _call_stats(rows: np.ndarray) -> VariantStats:

@@ -33,6 +33,7 @@ from canarycast.headers import metadata_value
 from canarycast.v1 import rollout_pb2 as rpb
 from canarycast.v1 import rollout_pb2_grpc as rpb_grpc
 from router.controller import Controller, Phase, Status
+from router.judge import CANARY_SCORE, STABLE_SCORE
 from router.store import DecisionRow, RolloutRecord
 
 #: The admin token of the control API (a token file given by flag wins).
@@ -251,13 +252,30 @@ def _judgement(j: dict[str, Any]) -> rpb.Judgement:
         weaker=bool(j.get("weaker", False)),
         samples=int(j.get("samples") or 0),
         guardrail=str(j.get("guardrail") or ""),
+        pairs=int(j.get("pairs") or 0),
     )
+    _ratio_into(out, j)
+    for m in j.get("metrics") or ():
+        metric = rpb.MetricJudgement(
+            metric=str(m.get("metric", "")),
+            verdict=str(m.get("verdict", "")),
+            units=int(m.get("units") or 0),
+            pairs=int(m.get("pairs") or 0),
+            block_horizons=float(m.get("block_horizons") or 0.0),
+            note=str(m.get("note") or ""),
+        )
+        _ratio_into(metric, m)
+        out.metrics.append(metric)
+    return out
+
+
+def _ratio_into(out: rpb.Judgement | rpb.MetricJudgement, j: dict[str, Any]) -> None:
+    """Ratio and bounds of a stored judgement (or one metric's), when it has a ratio."""
     if j.get("ratio") is not None:
         out.has_ratio = True
         out.ratio = float(j["ratio"])
         out.lower = float(j["lower"]) if j.get("lower") is not None else 0.0
         out.upper = float(j["upper"]) if j.get("upper") is not None else float("inf")
-    return out
 
 
 def status_to_proto(status: Status) -> rpb.RolloutStatus:
@@ -270,19 +288,25 @@ def status_to_proto(status: Status) -> rpb.RolloutStatus:
         out.last_decision.CopyFrom(decision)
     if status.evidence is not None:
         e = status.evidence
-        column = {"stable": 0, "canary": 1}
-        for variant, stats, series in (
-            ("stable", e.stable, e.stable_series),
-            ("canary", e.canary, e.canary_series),
+        steps = e.steps
+        paired = e.pairs > 0
+        for variant, stats, series, column in (
+            ("stable", e.stable, e.stable_series, STABLE_SCORE),
+            ("canary", e.canary, e.canary_series, CANARY_SCORE),
         ):
-            errors = e.pairs[:, column[variant]] if len(e.pairs) else series
+            # paired: the mean over paired steps; else the mean of per-series means
+            if paired:
+                scored, mean = e.pairs, float(steps[:, column].sum()) / e.pairs
+            else:
+                scored = len(series)
+                mean = float(np.mean(series)) if len(series) else 0.0
             getattr(out, variant).CopyFrom(
                 rpb.VariantSamples(
                     calls=stats.calls,
                     errors=stats.errors,
                     p99_latency_seconds=stats.p99_latency or 0.0,
-                    scored_forecasts=len(errors),
-                    mean_scaled_error=float(np.mean(errors)) if len(errors) else 0.0,
+                    scored_forecasts=scored,
+                    mean_scaled_error=mean,
                 )
             )
     return out

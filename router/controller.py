@@ -559,7 +559,8 @@ class Controller:
     def _observe_evidence(self, evidence: Evidence, verdict: Judgement) -> None:
         if self.metrics is None:
             return
-        self.metrics.samples.labels("pairs").set(len(evidence.pairs))
+        self.metrics.samples.labels("pairs").set(evidence.pairs)
+        self.metrics.samples.labels("effective_units").set(verdict.samples)
         self.metrics.samples.labels("stable_calls").set(evidence.stable.calls)
         self.metrics.samples.labels("canary_calls").set(evidence.canary.calls)
         for bound, value in (
@@ -569,6 +570,10 @@ class Controller:
         ):
             if value is not None:
                 self.metrics.ratio.labels(bound).set(value)
+        for m in verdict.metrics:
+            for bound, value in (("estimate", m.ratio), ("lower", m.lower), ("upper", m.upper)):
+                if value is not None:
+                    self.metrics.score_ratio.labels(m.metric, bound).set(value)
 
     async def _notify(self) -> None:
         async with self._changed:

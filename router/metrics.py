@@ -93,7 +93,8 @@ class RolloutMetrics:
         )
         self.samples = Gauge(
             "canarycast_rollout_samples",
-            "Evidence of the current step: paired forecasts, calls per variant.",
+            "Evidence of the current step: paired forecast steps (pairs), the effective units "
+            "the judge counts (effective_units), calls per variant.",
             ["kind"],
             registry=registry,
         )
@@ -101,6 +102,13 @@ class RolloutMetrics:
             "canarycast_rollout_error_ratio",
             "Canary/stable mean scaled error of the current step, with its interval bounds.",
             ["bound"],
+            registry=registry,
+        )
+        self.score_ratio = Gauge(
+            "canarycast_rollout_score_ratio",
+            "Canary/stable mean score of the current step per judged metric (point: scaled "
+            "error of the median, interval: interval score), with its interval bounds.",
+            ["metric", "bound"],
             registry=registry,
         )
         self.decisions = Counter(

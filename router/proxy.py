@@ -293,6 +293,8 @@ class Router:
                 timestamps=targets,
                 scale=history_scale(history),
                 extra=extra,
+                quantile_levels=[q.quantile for q in f.quantiles],
+                quantiles=np.asarray([q.values for q in f.quantiles], dtype=np.float64),
             )
 
 

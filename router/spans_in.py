@@ -108,7 +108,19 @@ def _forecast(attributes: Mapping[str, Any]) -> ForecastRecord:
         point=tuple(float(v) for v in attributes[spans.POINT]),
         scale=float(attributes.get(spans.SCALE, 0.0)),
         shadow=bool(attributes.get(spans.SHADOW, False)),
+        **_quantiles(attributes),
     )
+
+
+def _quantiles(attributes: Mapping[str, Any]) -> dict[str, Any]:
+    """The served quantiles, one row per level; none when the span's are inconsistent."""
+    levels = tuple(float(q) for q in attributes.get(spans.QUANTILE_LEVELS, ()))
+    values = [float(v) for v in attributes.get(spans.QUANTILES, ())]
+    horizon = len(attributes[spans.POINT])
+    if not levels or len(values) != len(levels) * horizon:
+        return {}
+    rows = tuple(tuple(values[i * horizon : (i + 1) * horizon]) for i in range(len(levels)))
+    return {"quantile_levels": levels, "quantiles": rows}
 
 
 def feed(analyzer: Analyzer, records: Iterable[Record]) -> None:

@@ -219,7 +219,7 @@ class Forecaster:
                     scale=history_scale(s.history),
                 )
             )
-        self._record(forecasts, model, variant, result.batch_size, started_ns)
+        self._record(forecasts, model, variant, result.batch_size, started_ns, outputs[:, :h])
         return ForecastAnswer(forecasts, model, result.batch_size, query.quantiles, variant)
 
     def _record(
@@ -229,11 +229,17 @@ class Forecaster:
         variant: str,
         batch_size: int,
         started_ns: int,
+        outputs: np.ndarray,
     ) -> None:
-        """One span per forecast, carrying what is needed to score it once actuals arrive."""
+        """One span per forecast, carrying what is needed to score it once actuals arrive.
+
+        ``outputs`` (series, horizon, quantiles): every quantile the model serves, so
+        the interval score can be judged whatever the caller asked for.
+        """
+        levels = model.config.quantiles
         if self.metrics is not None:
             self.metrics.forecasts.inc(len(forecasts))
-        for f in forecasts:
+        for i, f in enumerate(forecasts):
             spans.record_forecast(
                 self.tracer,
                 series_id=f.series_id,
@@ -246,6 +252,8 @@ class Forecaster:
                 scale=f.scale,
                 start_time=started_ns,
                 extra={spans.BATCH_SIZE: batch_size},
+                quantile_levels=levels,
+                quantiles=outputs[i].T,
             )
 
     def observe(self, observations: Sequence[Observation]) -> int:

@@ -80,7 +80,7 @@ class ListHistoryRequest(_message.Message):
     def __init__(self, limit: _Optional[int] = ...) -> None: ...
 
 class Judgement(_message.Message):
-    __slots__ = ("verdict", "reason", "method", "weaker", "samples", "has_ratio", "ratio", "lower", "upper", "guardrail")
+    __slots__ = ("verdict", "reason", "method", "weaker", "samples", "has_ratio", "ratio", "lower", "upper", "guardrail", "pairs", "metrics")
     VERDICT_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
@@ -91,6 +91,8 @@ class Judgement(_message.Message):
     LOWER_FIELD_NUMBER: _ClassVar[int]
     UPPER_FIELD_NUMBER: _ClassVar[int]
     GUARDRAIL_FIELD_NUMBER: _ClassVar[int]
+    PAIRS_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
     verdict: str
     reason: str
     method: str
@@ -101,7 +103,33 @@ class Judgement(_message.Message):
     lower: float
     upper: float
     guardrail: str
-    def __init__(self, verdict: _Optional[str] = ..., reason: _Optional[str] = ..., method: _Optional[str] = ..., weaker: _Optional[bool] = ..., samples: _Optional[int] = ..., has_ratio: _Optional[bool] = ..., ratio: _Optional[float] = ..., lower: _Optional[float] = ..., upper: _Optional[float] = ..., guardrail: _Optional[str] = ...) -> None: ...
+    pairs: int
+    metrics: _containers.RepeatedCompositeFieldContainer[MetricJudgement]
+    def __init__(self, verdict: _Optional[str] = ..., reason: _Optional[str] = ..., method: _Optional[str] = ..., weaker: _Optional[bool] = ..., samples: _Optional[int] = ..., has_ratio: _Optional[bool] = ..., ratio: _Optional[float] = ..., lower: _Optional[float] = ..., upper: _Optional[float] = ..., guardrail: _Optional[str] = ..., pairs: _Optional[int] = ..., metrics: _Optional[_Iterable[_Union[MetricJudgement, _Mapping]]] = ...) -> None: ...
+
+class MetricJudgement(_message.Message):
+    __slots__ = ("metric", "verdict", "units", "pairs", "has_ratio", "ratio", "lower", "upper", "block_horizons", "note")
+    METRIC_FIELD_NUMBER: _ClassVar[int]
+    VERDICT_FIELD_NUMBER: _ClassVar[int]
+    UNITS_FIELD_NUMBER: _ClassVar[int]
+    PAIRS_FIELD_NUMBER: _ClassVar[int]
+    HAS_RATIO_FIELD_NUMBER: _ClassVar[int]
+    RATIO_FIELD_NUMBER: _ClassVar[int]
+    LOWER_FIELD_NUMBER: _ClassVar[int]
+    UPPER_FIELD_NUMBER: _ClassVar[int]
+    BLOCK_HORIZONS_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
+    metric: str
+    verdict: str
+    units: int
+    pairs: int
+    has_ratio: bool
+    ratio: float
+    lower: float
+    upper: float
+    block_horizons: float
+    note: str
+    def __init__(self, metric: _Optional[str] = ..., verdict: _Optional[str] = ..., units: _Optional[int] = ..., pairs: _Optional[int] = ..., has_ratio: _Optional[bool] = ..., ratio: _Optional[float] = ..., lower: _Optional[float] = ..., upper: _Optional[float] = ..., block_horizons: _Optional[float] = ..., note: _Optional[str] = ...) -> None: ...
 
 class VariantSamples(_message.Message):
     __slots__ = ("calls", "errors", "p99_latency_seconds", "scored_forecasts", "mean_scaled_error")

@@ -16,6 +16,16 @@ from router.analysis import (
     ObservationRecord,
     effective_scale,
 )
+from router.judge import CANARY_SCORE, COUNT, STABLE_SCORE, Evidence
+
+
+def pairs(evidence: Evidence) -> np.ndarray:
+    """(stable, canary) mean scores of each row of paired steps (one row per actual)."""
+    steps = evidence.steps
+    return np.column_stack(
+        [steps[:, STABLE_SCORE] / steps[:, COUNT], steps[:, CANARY_SCORE] / steps[:, COUNT]]
+    ).reshape(-1, 2)
+
 
 S = 1_000_000_000  # one second in ns
 T0 = 1_700_000_000 * S
@@ -176,10 +186,88 @@ def test_pair_for_the_same_call_and_series(analyzer: Analyzer) -> None:
     analyzer.add_forecast(forecast("k", (3.0, 5.0), call="c1", variant="canary"))
     analyzer.add_observation(observe((2.0, 2.0)))
     evidence = analyzer.evidence(0.0)
-    np.testing.assert_allclose(evidence.pairs, [[1.0, 2.0]])
-    assert analyzer.stats().pairs == 1
+    # a row per actual: stable's errors (1, 1), canary's (1, 3)
+    np.testing.assert_allclose(pairs(evidence), [[1.0, 1.0], [1.0, 3.0]])
+    assert analyzer.stats().pairs == 2 and evidence.pairs == 2
+    np.testing.assert_allclose(evidence.steps[:, 1], [T0, T0 + S])  # target times
+    np.testing.assert_allclose(evidence.steps[:, 2], 2 * S)  # the series' horizon, ns
     np.testing.assert_allclose(evidence.stable_series, [1.0])
     np.testing.assert_allclose(evidence.canary_series, [2.0])
+
+
+def test_steps_are_scored_as_their_actuals_arrive(analyzer: Analyzer) -> None:
+    """Judge early: a 3-step forecast gives evidence from its first actual on."""
+    analyzer.add_forecast(forecast("s", (1.0, 1.0, 1.0), call="c1", variant="stable"))
+    analyzer.add_forecast(forecast("k", (3.0, 3.0, 3.0), call="c1", variant="canary"))
+    analyzer.add_observation(observe((2.0,)))
+    np.testing.assert_allclose(pairs(analyzer.evidence(0.0)), [[1.0, 1.0]])
+    assert analyzer.stats().pending_forecasts == 2  # not complete yet
+    analyzer.add_observation(observe((0.0,), start=T0 + S))
+    np.testing.assert_allclose(pairs(analyzer.evidence(0.0)), [[1.0, 1.0], [1.0, 3.0]])
+
+
+def test_one_actual_sums_the_steps_of_every_forecast_it_scores(analyzer: Analyzer) -> None:
+    """Overlapping forecasts of one series: the actual at T0 + S scores two steps each."""
+    for call, start in (("c1", T0), ("c2", T0 + S)):
+        analyzer.add_forecast(forecast(f"s{call}", (1.0, 1.0), call=call, start=start))
+        analyzer.add_forecast(
+            forecast(f"k{call}", (4.0, 4.0), call=call, variant="canary", start=start)
+        )
+    analyzer.add_observation(observe((2.0,), start=T0 + S))
+    steps = analyzer.evidence(0.0).steps
+    assert steps.shape[0] == 1
+    assert steps[0, COUNT] == 2 and steps[0, STABLE_SCORE] == 2.0 and steps[0, CANARY_SCORE] == 4.0
+
+
+def test_interval_score_of_the_served_quantiles(analyzer: Analyzer) -> None:
+    """Gneiting and Raftery's interval score, scaled: width + 2 / beta * miss."""
+    from dataclasses import replace
+
+    from router.judge import CANARY_INTERVAL, COUNT_INTERVAL, STABLE_INTERVAL
+
+    base = forecast("s", (1.0, 1.0), call="c1", scale=2.0)
+    analyzer.add_forecast(
+        replace(
+            base, quantile_levels=(0.1, 0.5, 0.9), quantiles=((0.0, 0.0), (1.0, 1.0), (2.0, 2.0))
+        )
+    )
+    canary = replace(base, forecast_id="k", variant="canary")
+    # quantiles given in any order; an unpaired level (0.3) is ignored
+    analyzer.add_forecast(
+        replace(
+            canary, quantile_levels=(0.9, 0.3, 0.1), quantiles=((1.5, 1.5), (1.0, 1.0), (0.5, 0.5))
+        )
+    )
+    analyzer.add_observation(observe((3.0, 1.0)))
+    steps = analyzer.evidence(0.0).steps
+    assert steps[:, COUNT_INTERVAL].tolist() == [1.0, 1.0]
+    # actual 3: stable width 2 + 10 * 1 = 12, canary 1 + 10 * 1.5 = 16; actual 1: 2 and 1
+    np.testing.assert_allclose(steps[:, STABLE_INTERVAL], [12.0 / 2, 2.0 / 2])
+    np.testing.assert_allclose(steps[:, CANARY_INTERVAL], [16.0 / 2, 1.0 / 2])
+    ev = analyzer.evidence(0.0)
+    assert ev.stable_series_interval is not None
+    np.testing.assert_allclose(ev.stable_series_interval, [3.5])
+
+
+def test_no_interval_without_a_central_pair_of_quantiles(analyzer: Analyzer) -> None:
+    from dataclasses import replace
+
+    from router.judge import COUNT_INTERVAL
+
+    base = forecast("s", (1.0,), call="c1")
+    analyzer.add_forecast(replace(base, quantile_levels=(0.5,), quantiles=((1.0,),)))
+    analyzer.add_forecast(
+        replace(
+            base,
+            forecast_id="k",
+            variant="canary",
+            quantile_levels=(0.1, 0.9),
+            quantiles=((0.0,), (float("nan"),)),
+        )
+    )
+    analyzer.add_observation(observe((2.0,)))
+    steps = analyzer.evidence(0.0).steps
+    assert steps[:, COUNT].tolist() == [1.0] and steps[:, COUNT_INTERVAL].tolist() == [0.0]
 
 
 def test_no_pair_across_calls_series_or_within_a_variant(analyzer: Analyzer) -> None:
@@ -192,30 +280,32 @@ def test_no_pair_across_calls_series_or_within_a_variant(analyzer: Analyzer) -> 
     analyzer.add_forecast(forecast("5", (1.0,), call="c3", variant="stable"))  # same variant
     analyzer.add_forecast(forecast("6", (1.0,), call=None, variant="canary"))  # no call id
     assert analyzer.stats().pairs == 0
-    assert analyzer.evidence(0.0).pairs.shape == (0, 2)
+    assert analyzer.evidence(0.0).steps.shape == (0, 9)
     # one call of two series gives one pair per series
     analyzer.add_forecast(forecast("7", (1.0,), call="c1", variant="stable", series="b"))
     analyzer.add_forecast(forecast("8", (4.0,), call="c1", variant="canary"))
-    np.testing.assert_allclose(analyzer.evidence(0.0).pairs, [[1.0, 1.0], [1.0, 2.0]])
+    np.testing.assert_allclose(pairs(analyzer.evidence(0.0)), [[1.0, 1.0], [1.0, 2.0]])
 
 
 def test_pair_compares_the_points_both_were_scored_on(analyzer: Analyzer, clock: Clock) -> None:
     analyzer.add_forecast(forecast("s", (1.0, 1.0, 1.0), call="c", variant="stable"))
-    analyzer.add_observation(observe((2.0,)))  # stable: 1 point matched, then TTL
-    clock.now += 61.0
-    assert analyzer.stats().partial == 1
-    analyzer.add_observation(observe((2.0, 2.0, 2.0)))
+    analyzer.add_observation(observe((2.0,)))  # stable: 1 point matched so far
+    clock.now += 30.0
+    analyzer.add_observation(observe((2.0, 2.0, 2.0), start=T0 + 5 * S))  # other times
     analyzer.add_forecast(forecast("k", (4.0, 0.0, 0.0), call="c", variant="canary"))
-    # canary errors (2, 2, 2) but only the first point is common: 1 vs 2
-    np.testing.assert_allclose(analyzer.evidence(0.0).pairs, [[1.0, 2.0]])
+    # canary errors (2, 2, ...) but only the first point is common to both: 1 vs 2
+    np.testing.assert_allclose(pairs(analyzer.evidence(0.0)), [[1.0, 2.0]])
     # different horizons: compared on the common timestamps only
+    analyzer.add_observation(observe((2.0, 2.0)))
     analyzer.add_forecast(forecast("k2", (4.0, 0.0, 0.0), call="d", variant="canary"))
     analyzer.add_forecast(
         forecast("s2", (1.0, 1.0), call="d", variant="stable", timestamps=(T0 + S, T0 + 9 * S))
     )
-    clock.now += 61.0  # stable scored on T0 + S only
-    np.testing.assert_allclose(analyzer.evidence(0.0).pairs, [[1.0, 2.0], [1.0, 2.0]])
-    np.testing.assert_allclose(analyzer.evidence(0.0).canary_series, [2.0])
+    # call c now pairs at T0 + S too; call d only at T0 + S, the one time both have
+    np.testing.assert_allclose(pairs(analyzer.evidence(0.0)), [[1.0, 2.0]] * 3)
+    assert analyzer.evidence(0.0).pairs == 3
+    clock.now += 61.0  # the forecasts leave at their TTL, partly scored
+    assert analyzer.stats().partial == 4
 
 
 def test_evidence_since_and_forget_before(analyzer: Analyzer, clock: Clock) -> None:
@@ -229,15 +319,15 @@ def test_evidence_since_and_forget_before(analyzer: Analyzer, clock: Clock) -> N
     analyzer.add_forecast(forecast("s2", (1.0,), call="c2", variant="stable", series="b"))
     analyzer.add_forecast(forecast("k2", (2.0,), call="c2", variant="canary", series="b"))
     analyzer.add_call(CallRecord("stable", True, 0.2))
-    assert len(analyzer.evidence(0.0).pairs) == 2
+    assert analyzer.evidence(0.0).pairs == 2
     late = analyzer.evidence(15.0)
-    np.testing.assert_allclose(late.pairs, [[4.0, 3.0]])
+    np.testing.assert_allclose(pairs(late), [[4.0, 3.0]])
     np.testing.assert_allclose(late.stable_series, [4.0])
     assert late.stable.calls == 1
-    assert len(analyzer.evidence(25.0).pairs) == 0
+    assert analyzer.evidence(25.0).pairs == 0
     analyzer.forget_before(15.0)
     everything = analyzer.evidence(0.0)
-    np.testing.assert_allclose(everything.pairs, [[4.0, 3.0]])
+    np.testing.assert_allclose(pairs(everything), [[4.0, 3.0]])
     np.testing.assert_allclose(everything.canary_series, [3.0])
     assert everything.stable.calls == 1
     # series numbering survives forgetting: new samples land on the right series
@@ -257,8 +347,8 @@ def test_per_series_means_without_pairs(analyzer: Analyzer) -> None:
     analyzer.add_forecast(forecast("3", (5.0,), series="b"))
     analyzer.add_forecast(forecast("4", (7.0,), series="b", variant="canary"))
     evidence = analyzer.evidence(0.0)
-    assert evidence.pairs.shape == (0, 2)
-    # per series, the mean of its forecasts' errors: a = (1 + 3) / 2, b = 5
+    assert evidence.pairs == 0
+    # per series, the mean of its steps' errors: a = (1 + 1 + 3 + 3) / 4, b = 5
     np.testing.assert_allclose(sorted(evidence.stable_series), [2.0, 5.0])
     np.testing.assert_allclose(evidence.canary_series, [7.0])
 
@@ -371,8 +461,10 @@ def test_two_threads_feeding() -> None:
     stats = analyzer.stats()
     assert stats.pending_forecasts == 0
     assert stats.scored == {"stable": n, "canary": n}
-    assert stats.pairs == n
-    np.testing.assert_allclose(analyzer.evidence(0.0).pairs, np.full((n, 2), 0.5))
+    assert stats.pairs == 2 * n  # two paired steps per call
+    steps = analyzer.evidence(0.0).steps  # errors 0 and 1 of every forecast
+    assert steps[:, COUNT].sum() == 2 * n
+    assert steps[:, STABLE_SCORE].sum() == n and steps[:, CANARY_SCORE].sum() == n
 
 
 def test_a_timestamp_given_twice_in_one_forecast(analyzer: Analyzer) -> None:
@@ -399,9 +491,9 @@ def test_evidence_counts_only_the_versions_under_test(analyzer: Analyzer) -> Non
     )
     analyzer.add_observation(observe((2.0, 2.0)))
     everything = analyzer.evidence(since=0.0)
-    assert everything.pairs.tolist() == [[1.0, 1.0], [1.0, 1.0]]
+    assert pairs(everything).tolist() == [[1.0, 1.0], [1.0, 1.0]]
     assert len(everything.canary_series) == 1
     tested = analyzer.evidence(since=0.0, stable_version="v1", canary_version="v2")
-    assert tested.pairs.tolist() == [[1.0, 1.0]]
+    assert pairs(tested).tolist() == [[1.0, 1.0]]
     assert tested.canary_series.tolist() == [1.0]  # only c2: |2 - 3| / 1
-    assert analyzer.evidence(since=0.0, canary_version="v9").pairs.shape == (0, 2)
+    assert analyzer.evidence(since=0.0, canary_version="v9").pairs == 0

@@ -25,22 +25,13 @@ BASE = RNG.lognormal(0.0, 0.5, 400)
 def paired(multiplier: float, n: int = 400) -> Evidence:
     stable = BASE[:n]
     canary = stable * multiplier * RNG.lognormal(0.0, 0.05, n)
-    calls = VariantStats(calls=500, errors=0, p99_latency=0.02)
-    return Evidence(
-        pairs=np.column_stack([stable, canary]),
-        stable_series=np.array([]),
-        canary_series=np.array([]),
-        stable=calls,
-        canary=calls,
-    )
+    return Evidence.of_units(np.column_stack([stable, canary]))
 
 
 GOOD = paired(0.95)
 BAD = paired(1.5)
-FAILING = Evidence(
-    pairs=np.empty((0, 2)),
-    stable_series=np.array([]),
-    canary_series=np.array([]),
+FAILING = Evidence.of_units(
+    np.empty((0, 2)),
     stable=VariantStats(calls=500, errors=0, p99_latency=0.02),
     canary=VariantStats(calls=100, errors=40, p99_latency=0.02),
 )

@@ -1,33 +1,32 @@
-"""router.judge: unit tests, and the simulation study that is its acceptance test.
+"""router.judge: unit tests of the policy, the interval, the effective units and the verdict.
 
-The simulation (``test_simulation_paired_judge_beats_kayenta``) is a hard world:
-40 series, each with a lognormal difficulty level (sd 0.6) shared by all its
-errors, a per-series canary interaction (sd 0.1, normalised so the true ratio
-over the 40 series is exactly m), and a per-call shock (sd 0.5) that both models
-face, plus model-specific noise (sd 0.3). Every tick each series gets one call;
-with dual-run each call yields a pair. Without dual-run a quarter of the series
-(10) is routed to the canary. The canary's multiplier m is 1.10, 1.00 or 0.90;
-the budget is 150 ticks (6000 pairs); every method is re-run at every tick and
-the rollout ends at its first PROMOTE or ROLLBACK (Kayenta: fails at the first
-significant increase, passes if none by the end of the budget).
-Run with ``-s`` to see the table.
+The acceptance tests are elsewhere: `test_judge_world.py` runs a world with
+dependent errors through the analyzer, `test_judge_replay.py` replays real
+forecasts of real models.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from statistics import NormalDist
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from router.judge import (
+    BLOCK,
+    CANARY_SCORE,
+    COUNT,
+    SERIES,
+    STABLE_SCORE,
+    STEP_COLUMNS,
+    TARGET,
     Evidence,
     JudgePolicy,
     VariantStats,
     Verdict,
     boundary_factor,
+    effective_units,
     judge,
     mann_whitney_baseline,
     mann_whitney_z,
@@ -48,8 +47,10 @@ def evidence(
     stable: VariantStats = CALLS,
     canary: VariantStats = CALLS,
 ) -> Evidence:
-    return Evidence(
-        pairs=np.empty((0, 2)) if pairs is None else pairs,
+    """Hand-built evidence: every pair its own (independent) unit."""
+    units = Evidence.of_units(np.empty((0, 2)) if pairs is None else pairs)
+    return replace(
+        units,
         stable_series=np.empty(0) if stable_series is None else stable_series,
         canary_series=np.empty(0) if canary_series is None else canary_series,
         stable=stable,
@@ -78,6 +79,11 @@ def paired(multiplier: float, n: int, seed: int = 0) -> np.ndarray:
         ("max_error_rate_increase", -0.01),
         ("max_latency_ratio", 0.5),
         ("min_guardrail_calls", 1),
+        ("block_horizons", 0.0),
+        ("metrics", ()),
+        ("metrics", ("point", "median")),
+        ("metrics", "point"),
+        ("metrics", ("point", "point")),
         ("tolerance", math.nan),
         ("alpha", "0.05"),
     ],
@@ -161,7 +167,7 @@ def test_fewer_than_min_pairs_is_inconclusive() -> None:
 def test_a_clearly_better_canary_is_promoted_with_the_ratio_in_the_reason() -> None:
     j = judge(JudgePolicy(), evidence(pairs=paired(0.9, 400)))
     assert j.verdict is Verdict.PROMOTE and j.method == "paired" and not j.weaker
-    assert j.samples == 400 and "ratio" in j.reason and "400 pairs" in j.reason
+    assert j.samples == 400 and "ratio" in j.reason and "400 effective units" in j.reason
     assert j.ratio is not None and j.lower is not None and j.upper is not None
     assert j.lower < j.ratio < j.upper < 1.05
 
@@ -297,164 +303,119 @@ def test_mann_whitney_baseline_obvious_cases() -> None:
     assert mann_whitney_baseline(np.ones(10), np.ones(10)) is Verdict.PROMOTE
 
 
-# --- the simulation study ------------------------------------------------------------
+# --- effective units ----------------------------------------------------------------
 
-SERIES, CANARY_SERIES, TICKS, REPS = 40, 10, 150, 300
-ALPHA, TOLERANCE = 0.05, 0.05
-
-
-def simulate_world(
-    rng: np.random.Generator, m: float, reps: int, ticks: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Errors (stable, canary) of shape (reps, ticks, series) for every call of every series."""
-    shape = (reps, ticks, SERIES)
-    level = rng.lognormal(0.0, 0.6, (reps, 1, SERIES))
-    inter = np.exp(rng.normal(0.0, 0.1, (reps, 1, SERIES)))
-    # normalised so that E[canary] / E[stable] over these 40 series is exactly m
-    mult = m * inter / ((level * inter).sum(-1, keepdims=True) / level.sum(-1, keepdims=True))
-    shock = rng.lognormal(-(0.5**2) / 2, 0.5, shape)
-    stable = level * shock * rng.lognormal(-(0.3**2) / 2, 0.3, shape)
-    canary = mult * level * shock * rng.lognormal(-(0.3**2) / 2, 0.3, shape)
-    return stable, canary
+H = 24 * 3600 * 10**9  # a day-ahead horizon, ns
 
 
-def first_decision(promote: np.ndarray, rollback: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Outcome per rollout (+1 promote, -1 rollback, 0 undecided) and the tick it happened."""
-    decided = promote | rollback
-    tick = np.where(decided.any(1), decided.argmax(1), -1)
-    rows = np.arange(len(tick))
-    out = np.zeros(len(tick), dtype=int)
-    ok = tick >= 0
-    out[ok] = np.where(promote[rows[ok], tick[ok]], 1, -1)
-    return out, tick
+def steps_of(
+    series: np.ndarray,
+    target: np.ndarray,
+    stable: np.ndarray,
+    canary: np.ndarray,
+    horizon: float = H,
+) -> np.ndarray:
+    """Evidence rows of one paired step each."""
+    rows = np.zeros((len(series), STEP_COLUMNS))
+    rows[:, SERIES], rows[:, TARGET], rows[:, BLOCK] = series, target, horizon
+    rows[:, STABLE_SCORE], rows[:, CANARY_SCORE], rows[:, COUNT] = stable, canary, 1.0
+    return rows
 
 
-def paired_path(stable: np.ndarray, canary: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The judge's paired interval after every tick, vectorised with cumulative sums."""
-    t = SERIES * np.arange(1, stable.shape[1] + 1)
-
-    def mean(x: np.ndarray) -> np.ndarray:
-        return np.cumsum(x.sum(-1), 1) / t
-
-    ms, mc = mean(stable), mean(canary)
-    vs, vc = mean(stable**2) - ms**2, mean(canary**2) - mc**2
-    cov = mean(stable * canary) - ms * mc
-    k = boundary_factor(t, ALPHA, optimal_rho(ALPHA))
-    _, lo, hi = ratio_bounds(ms, mc, vs, vc, cov, k)
-    return lo, hi
-
-
-def run_paired(stable: np.ndarray, canary: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    lo, hi = paired_path(stable, canary)
-    return first_decision(hi < 1 + TOLERANCE, lo > 1 + TOLERANCE)
+def test_a_unit_is_one_series_over_a_block_of_horizons() -> None:
+    # 3 series, 5 days of hourly targets each: blocks of 2 days -> 3 units per series
+    hours = np.arange(5 * 24)
+    series = np.repeat([0, 1, 2], hours.size)
+    target = np.tile(1e18 + hours * 3600e9, 3)
+    rows = steps_of(series, target, np.ones(series.size), np.ones(series.size))
+    u = effective_units(rows, "point", 2.0)
+    assert u.n == 9 and u.pairs == 360 and u.n_series == 3
+    assert sorted(u.count.tolist()) == [24.0] * 3 + [48.0] * 6
+    # the horizon comes from the analyzer's column; without it, from the gaps between targets
+    rows[:, BLOCK] = 0.0
+    u = effective_units(rows, "point", 2.0 * 24)
+    assert u.n == 9
 
 
-def run_series(stable: np.ndarray, canary: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The fallback: per-series mean errors, canary's quarter against stable's series."""
-    n = np.arange(1, stable.shape[1] + 1)[None, :, None]
-    st = np.cumsum(stable[:, :, CANARY_SERIES:], 1) / n
-    ca = np.cumsum(canary[:, :, :CANARY_SERIES], 1) / n
-    t = CANARY_SERIES
-    big_k = float(boundary_factor(t, ALPHA, optimal_rho(ALPHA, 4 * t))) * math.sqrt(t)
-    _, lo, hi = ratio_bounds(
-        st.mean(-1),
-        ca.mean(-1),
-        st.var(-1, ddof=1) / (SERIES - CANARY_SERIES),
-        ca.var(-1, ddof=1) / CANARY_SERIES,
-        0.0,
-        big_k,
+def test_the_block_doubles_while_neighbouring_units_are_correlated() -> None:
+    rng = np.random.default_rng(3)
+    n_series, days = 20, 60
+    hours = days * 24
+    # a regime with a correlation time of about 10 days (phi per hour)
+    phi = math.exp(-1 / (10 * 24))
+    regime = np.zeros((n_series, hours))
+    for t in range(1, hours):
+        regime[:, t] = phi * regime[:, t - 1] + math.sqrt(1 - phi**2) * rng.normal(size=n_series)
+    series = np.repeat(np.arange(n_series), hours)
+    target = np.tile(1e18 + np.arange(hours) * 3600e9, n_series)
+    stable = np.exp(0.3 * rng.normal(size=series.size))
+    canary = stable * np.exp(0.3 * regime.ravel())
+    u = effective_units(steps_of(series, target, stable, canary), "point", 1.0)
+    assert u.block_horizons > 1.0 and u.n < n_series * days
+    # independent days: no doubling
+    iid = stable * np.exp(0.3 * rng.normal(size=series.size))
+    u = effective_units(steps_of(series, target, stable, iid), "point", 1.0)
+    assert u.block_horizons == 1.0 and u.n == n_series * days
+    assert u.autocorrelation is not None and abs(u.autocorrelation) < 0.1
+
+
+def test_rows_of_one_series_are_one_unit_until_its_block_ends() -> None:
+    """1,000 dependent steps of 5 series are 5 units, and 5 < min_pairs: inconclusive."""
+    series = np.repeat(np.arange(5), 200)
+    target = np.tile(1e18 + np.arange(200) * 60e9, 5)  # 200 minutes, a 1-day horizon
+    rows = steps_of(series, target, np.ones(1000), np.full(1000, 0.5))
+    ev = replace(Evidence.empty(), steps=rows, stable=CALLS, canary=CALLS)
+    j = judge(JudgePolicy(), ev)
+    assert j.verdict is Verdict.INCONCLUSIVE and j.samples == 5 and j.pairs == 1000
+    assert "too few effective units: 5 of 30 (pairs 1,000 from 5 series" in j.reason
+    assert "2.0 d of data, so 30 need about 10.0 d more at this traffic" in j.reason
+
+
+# --- two metrics ---------------------------------------------------------------------
+
+
+def test_a_canary_with_the_same_median_and_narrow_intervals_is_rolled_back() -> None:
+    point = paired(1.0, 400)
+    point[:, 1] = point[:, 0]  # the same median
+    rng = np.random.default_rng(9)
+    s = rng.lognormal(0.0, 0.3, 400)
+    interval = np.column_stack([s, 1.25 * s * rng.lognormal(0.0, 0.1, 400)])
+    j = judge(JudgePolicy(), Evidence.of_units(point, interval))
+    assert j.verdict is Verdict.ROLLBACK and "interval score ratio" in j.reason
+    assert [m.metric for m in j.metrics] == ["point", "interval"]
+    assert j.metrics[0].verdict is Verdict.PROMOTE  # the median alone would pass
+    assert j.metrics[1].verdict is Verdict.ROLLBACK
+    # the interval turned off: the median alone decides, as before this judge
+    j = judge(JudgePolicy(metrics=("point",)), Evidence.of_units(point, interval))
+    assert j.verdict is Verdict.PROMOTE and len(j.metrics) == 1
+
+
+def test_better_calibrated_intervals_and_an_equal_median_are_promoted() -> None:
+    rng = np.random.default_rng(10)
+    s = rng.lognormal(0.0, 0.3, 400)
+    point = np.column_stack([s, s * rng.lognormal(-0.08, 0.05, 400)])
+    interval = np.column_stack([s, 0.8 * s * rng.lognormal(0.0, 0.1, 400)])
+    j = judge(JudgePolicy(), Evidence.of_units(point, interval))
+    assert j.verdict is Verdict.PROMOTE
+    assert "point error ratio" in j.reason and "interval score ratio" in j.reason
+
+
+def test_without_quantiles_the_interval_is_not_judged_and_says_so() -> None:
+    j = judge(JudgePolicy(), evidence(pairs=paired(0.9, 400)))
+    assert j.verdict is Verdict.PROMOTE
+    assert "interval score not judged: no forecast carried quantiles" in j.reason
+    assert j.metrics[1].units == 0
+
+
+def test_the_fallback_judges_both_metrics_per_series() -> None:
+    rng = np.random.default_rng(12)
+    st = rng.lognormal(0.0, 0.1, 30)
+    ca = st[:10] * 1.0
+    ev = replace(
+        evidence(stable_series=st, canary_series=ca),
+        stable_series_interval=st.copy(),
+        canary_series_interval=1.6 * st[:10],
     )
-    return first_decision(hi < 1 + TOLERANCE, lo > 1 + TOLERANCE)
-
-
-def kayenta_z_path(stable: np.ndarray, canary: np.ndarray) -> np.ndarray:
-    """Mann-Whitney z (canary > stable) on all unpaired per-call errors so far, every tick.
-
-    U is updated incrementally: new canary errors against all stable errors so far,
-    plus old canary errors against the new stable ones (continuous data: no ties).
-    """
-    reps, ticks, _ = stable.shape
-    ca, st = canary[:, :, :CANARY_SERIES], stable[:, :, CANARY_SERIES:]
-    u = np.zeros(reps)
-    z = np.empty((reps, ticks))
-    for k in range(ticks):
-        new_c, new_s = ca[:, k], st[:, k]
-        old_c = ca[:, :k].reshape(reps, -1)
-        all_s = st[:, : k + 1].reshape(reps, -1)
-        u += (new_c[:, :, None] > all_s[:, None, :]).sum((1, 2))
-        u += (old_c[:, :, None] > new_s[:, None, :]).sum((1, 2))
-        n1, n2 = CANARY_SERIES * (k + 1), (SERIES - CANARY_SERIES) * (k + 1)
-        z[:, k] = (u - n1 * n2 / 2) / math.sqrt(n1 * n2 * (n1 + n2 + 1) / 12)
-    return z
-
-
-def run_kayenta(stable: np.ndarray, canary: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Fails at the first interval with a significant increase (98 %); passes at the end."""
-    critical = NormalDist().inv_cdf(1 - (1 - 0.98) / 2)
-    fail = kayenta_z_path(stable, canary) > critical
-    out, tick = first_decision(np.zeros_like(fail), fail)
-    out[out == 0] = 1
-    return out, tick
-
-
-def test_vectorised_simulation_agrees_with_the_judge() -> None:
-    stable, canary = simulate_world(np.random.default_rng(8), 1.0, 3, 40)
-    lo, hi = paired_path(stable, canary)
-    z = kayenta_z_path(stable, canary)
-    for rep in range(3):
-        for tick in (0, 9, 39):
-            pairs = np.column_stack(
-                [stable[rep, : tick + 1].ravel(), canary[rep, : tick + 1].ravel()]
-            )
-            j = judge(JudgePolicy(), evidence(pairs=pairs))
-            assert (j.lower, j.upper) == pytest.approx((lo[rep, tick], hi[rep, tick]))
-            s = stable[rep, : tick + 1, CANARY_SERIES:].ravel()
-            c = canary[rep, : tick + 1, :CANARY_SERIES].ravel()
-            assert z[rep, tick] == pytest.approx(mann_whitney_z(s, c))
-            st = stable[rep, : tick + 1, CANARY_SERIES:].mean(0)
-            ca = canary[rep, : tick + 1, :CANARY_SERIES].mean(0)
-            j = judge(JudgePolicy(), evidence(stable_series=st, canary_series=ca))
-            assert j.method == "series"
-
-
-@dataclass(frozen=True)
-class Rates:
-    promoted: float
-    rolled_back: float
-    undecided: float
-    median_tick: float
-
-
-def rates(out: np.ndarray, tick: np.ndarray) -> Rates:
-    done = tick[tick >= 0]
-    median = float(np.median(done)) + 1 if done.size else math.nan
-    return Rates(
-        float(np.mean(out == 1)), float(np.mean(out == -1)), float(np.mean(out == 0)), median
-    )
-
-
-def test_simulation_paired_judge_beats_kayenta() -> None:
-    methods = {"paired CS": run_paired, "series CS": run_series, "Kayenta MWU": run_kayenta}
-    table: dict[tuple[str, float], Rates] = {}
-    for seed, m in enumerate((1.10, 1.00, 0.90)):
-        stable, canary = simulate_world(np.random.default_rng(100 + seed), m, REPS, TICKS)
-        for name, run in methods.items():
-            table[name, m] = rates(*run(stable, canary))
-
-    print(f"\n{REPS} rollouts per scenario, {TICKS} ticks x {SERIES} series, judged every tick")
-    print(f"{'method':12s} {'m':>5s} {'promoted':>9s} {'rolled back':>12s} {'undecided':>10s}")
-    for (name, m), r in table.items():
-        print(
-            f"{name:12s} {m:5.2f} {r.promoted:9.1%} {r.rolled_back:12.1%} {r.undecided:10.1%}"
-            f"   (median decision tick {r.median_tick:g})"
-        )
-
-    ours, kayenta = "paired CS", "Kayenta MWU"
-    assert table[ours, 1.10].promoted <= 0.05
-    assert table[ours, 1.00].promoted >= 0.90
-    assert table[ours, 0.90].promoted >= 0.90
-    # better than the baseline on both errors
-    assert table[ours, 1.10].promoted < table[kayenta, 1.10].promoted
-    assert table[ours, 1.00].promoted > table[kayenta, 1.00].promoted + 0.05
-    # the weaker fallback still does not promote a worse canary
-    assert table["series CS", 1.10].promoted <= 0.05
+    j = judge(JudgePolicy(), ev)
+    assert j.method == "series" and j.verdict is Verdict.ROLLBACK
+    assert "interval score ratio" in j.reason

@@ -85,8 +85,12 @@ def emit(tracer: Tracer) -> None:
 def check(analyzer: Analyzer) -> None:
     """The evidence `emit` leads to, whichever path the spans took."""
     evidence = analyzer.evidence(0.0)
-    # c1: stable |1-1|,|1-2|,|1-3| / 2 = 0.5; canary 1/2; c2: stable 1, canary 1
-    np.testing.assert_allclose(evidence.pairs, [[0.5, 0.5], [1.0, 1.0]])
+    # c1: stable |1-1|,|1-2|,|1-3| / 2; canary 1/2 each; c2: stable 1, canary 1
+    np.testing.assert_allclose(
+        evidence.row_means(),
+        [[0.0, 0.5], [0.5, 0.5], [1.0, 0.5], [1.0, 1.0], [1.0, 1.0], [1.0, 1.0]],
+    )
+    assert evidence.pairs == 6
     np.testing.assert_allclose(evidence.stable_series, [0.5, 1.0])
     np.testing.assert_allclose(evidence.canary_series, [0.5, 1.0])
     assert (evidence.stable.calls, evidence.stable.errors) == (2, 0)
@@ -223,7 +227,7 @@ async def test_otlp_receiver_reaches_the_same_evidence() -> None:
         assert await asyncio.to_thread(provider.force_flush)
         check(remote)
         ours, theirs = local.evidence(0.0), remote.evidence(0.0)
-        np.testing.assert_array_equal(ours.pairs, theirs.pairs)
+        np.testing.assert_array_equal(ours.steps, theirs.steps)
         np.testing.assert_array_equal(ours.stable_series, theirs.stable_series)
         np.testing.assert_array_equal(ours.canary_series, theirs.canary_series)
         assert (ours.stable.calls, ours.canary.errors) == (
@@ -308,7 +312,7 @@ def test_a_later_calls_history_scores_an_earlier_forecast_without_observe() -> N
     )
     assert processor.force_flush()
     evidence = analyzer.evidence(since=0.0)
-    assert evidence.pairs.shape == (1, 2)
-    # stable: |10-10| and |12-11| -> 0.5; canary: |10-10.5| and |12-11.5| -> 0.5
-    assert evidence.pairs[0].tolist() == [0.5, 0.5]
+    assert evidence.pairs == 2
+    # stable: |10-10| and |12-11|; canary: |10-10.5| and |12-11.5|
+    assert evidence.row_means().tolist() == [[0.0, 0.5], [1.0, 0.5]]
     processor.shutdown()

@@ -199,7 +199,7 @@ async def send_one_pair_and_wait(
         if router.analyzer.stats().pairs:
             break
         await asyncio.sleep(pause)
-    assert router.analyzer.evidence(since=0.0).pairs.tolist() == [[0.5, 0.5]]
+    assert router.analyzer.evidence(since=0.0).row_means().tolist() == [[0.5, 0.5]]
 
 
 def test_route_and_rollout_commands_speak_mtls(
