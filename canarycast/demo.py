@@ -93,6 +93,9 @@ def policy(quick: bool) -> dict[str, Any]:
         "stall_hold_seconds": 20.0,
         "stall_rollback_seconds": 60.0,
         "promote_timeout": 20.0,
+        # two series only: a unit is one series over a block of horizons, so the default
+        # 30 effective units would take weeks of hourly data per step
+        "judge": {"min_pairs": 12},
     }
 
 

@@ -27,7 +27,7 @@ steps are therefore never treated as independent draws. They are summed into
 in the step (batch means, clustered by series). Units of different series are
 independent; neighbouring blocks of one series share only the forecasts that
 straddle their border, and the judge measures the lag-1 autocorrelation of
-neighbouring units and doubles the block while it is above
+neighbouring units and doubles the block while it is clearly above
 ``MAX_UNIT_AUTOCORRELATION`` (the batch-size rule of Law and Carson 1979), so a
 regime longer than a block merges blocks instead of faking evidence. Until a
 series has lived one block it is one unit whose sums grow as its actuals arrive:
@@ -90,7 +90,7 @@ __all__ = [
 FloatArray = npt.NDArray[np.float64]
 
 #: the number of effective units the boundary is tuned to be tightest at
-TARGET_UNITS = 300
+TARGET_UNITS = 100
 #: kept for callers of the per-pair boundary (bench, tests): the old target in pairs
 TARGET_PAIRS = 500
 #: what the judge can score: the median's scaled absolute error, the quantiles' interval score
@@ -99,6 +99,8 @@ METRICS = ("point", "interval")
 MAX_UNIT_AUTOCORRELATION = 0.1
 #: the autocorrelation is measured once this many neighbouring units exist
 MIN_NEIGHBOURS = 20
+#: ... on the series with at least this many units
+MIN_UNITS_PER_SERIES = 5
 #: at most this many doublings of the block (16 times ``block_horizons``)
 MAX_DOUBLINGS = 4
 
@@ -564,16 +566,16 @@ def _lag1(
     """Lag-1 autocorrelation of neighbouring units of a series, and how many pairs it rests on.
 
     On each unit's mean paired difference c - r s (r the overall ratio), centred
-    within its series (a series' own effect is not dependence), with Kendall's
-    first-order bias correction for short centred sequences.
+    within its series (a series' own effect is not dependence), over the series
+    with at least ``MIN_UNITS_PER_SERIES`` units (shorter ones say little about it).
     """
     total_s = float(stable.sum())
     r = float(canary.sum()) / total_s if total_s > 0 else 1.0
     d = (canary - r * stable) / count
     n_series = int(series.max()) + 1 if len(series) else 0
     per = np.bincount(series, minlength=n_series)
-    keep = per[series] >= 3
-    if keep.sum() < 3:
+    keep = per[series] >= MIN_UNITS_PER_SERIES
+    if not keep.any():
         return None, 0
     d, s, b = d[keep], series[keep], block[keep]
     mean = np.bincount(s, weights=d, minlength=n_series) / np.maximum(
@@ -585,9 +587,7 @@ def _lag1(
     var = float(np.mean(x * x))
     if neighbours == 0 or var <= 0:
         return None, neighbours
-    rho = float(np.sum(x[1:][adjacent] * x[:-1][adjacent]) / neighbours) / var
-    k = float(np.mean(per[per >= 3]))
-    return rho + (1.0 + 3.0 * rho) / k, neighbours
+    return float(np.sum(x[1:][adjacent] * x[:-1][adjacent]) / neighbours) / var, neighbours
 
 
 def effective_units(
@@ -597,8 +597,9 @@ def effective_units(
 
     Blocks are counted from each series' first target time in ``steps``; while the
     lag-1 autocorrelation of neighbouring units exceeds ``MAX_UNIT_AUTOCORRELATION``
-    (measured once ``MIN_NEIGHBOURS`` neighbouring pairs exist) the block doubles,
-    at most ``MAX_DOUBLINGS`` times.
+    by more than its standard error (about 1 / sqrt(neighbours); measured once
+    ``MIN_NEIGHBOURS`` neighbouring pairs exist) the block doubles, at most
+    ``MAX_DOUBLINGS`` times.
     """
     s_col, c_col, n_col = _METRIC_COLUMNS[metric]
     rows = np.asarray(steps, dtype=np.float64).reshape(-1, STEP_COLUMNS)
@@ -626,7 +627,7 @@ def effective_units(
         if (
             rho is None
             or neighbours < MIN_NEIGHBOURS
-            or rho <= MAX_UNIT_AUTOCORRELATION
+            or rho <= MAX_UNIT_AUTOCORRELATION + 1.0 / math.sqrt(neighbours)
             or doubling == MAX_DOUBLINGS
         ):
             break
