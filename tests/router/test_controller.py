@@ -350,3 +350,32 @@ async def test_repeated_holds_are_recorded_once_per_kind_and_every_30_s(world: W
     world.analyzer.current = paired(0.95, n=10)
     await world.tick(1, times=35)  # the same kind for 35 s: recorded again after 30 s
     assert actions() == ["start", "hold", "hold", "hold", "hold"]
+
+
+async def test_status_shows_pairs_effective_units_and_each_judged_metric(world: World) -> None:
+    """`rollout status` and the metrics show both counts and every judged metric."""
+    from canarycast.rollout_client import format_status
+    from router.control import record_to_proto, status_to_proto
+    from router.judge import COUNT, COUNT_INTERVAL
+
+    await world.controller.start(f"{MODEL}:{world.trained.v2.version}")
+    # 400 units, each of 3 paired steps; intervals served on every step
+    rng = np.random.default_rng(2)
+    s = rng.lognormal(0.0, 0.3, 400)
+    evidence = Evidence.of_units(np.column_stack([s, 0.9 * s]), np.column_stack([s, 0.95 * s]))
+    evidence.steps[:, COUNT] = evidence.steps[:, COUNT_INTERVAL] = 3.0
+    world.analyzer.current = evidence
+    await world.tick(1)
+    status = status_to_proto(world.controller.status())
+    assert status.judgement.pairs == 1200 and status.judgement.samples == 400
+    assert [m.metric for m in status.judgement.metrics] == ["point", "interval"]
+    text = format_status(status)
+    assert "pairs 1,200, effective units 400" in text
+    assert "error ratio" in text and "interval ratio" in text
+    # the stored judgement (the decision record's evidence) has the same fields
+    stored = record_to_proto(world.controller.record, world.controller.policy.steps)
+    assert stored.judgement.pairs == 1200 and len(stored.judgement.metrics) == 2
+    metrics = world.controller.metrics
+    assert metrics is not None
+    assert metrics.samples.labels("effective_units")._value.get() == 400
+    assert metrics.score_ratio.labels("interval", "upper")._value.get() < 1.05
