@@ -6,7 +6,8 @@
   (`python -m bench.analysis_cost send`) that encodes with the OTLP exporter's encoder;
 - resident memory per pending forecast at 10^4, 10^5, 10^6 pending (one fresh process per
   size, `python -m bench.analysis_cost memory N`);
-- how long one judge decision takes, by the number of pairs.
+- how long one judge decision takes, by the number of rows of paired steps (both
+  metrics judged, 200 series).
 
 A workload unit is a forecast of 12 points for one of 1 000 series and the observation
 (12 actual values) that scores it.
@@ -254,15 +255,25 @@ def memory_in_fresh_process(n: int) -> dict[str, Any]:
 
 
 def judge_timing(sizes: tuple[int, ...]) -> list[dict[str, Any]]:
+    """One decision on n rows of paired steps: 200 hourly series, a day-ahead horizon."""
+    from router import judge as j
     from router.judge import Evidence, JudgePolicy, VariantStats, judge
 
     rng = np.random.default_rng(0)
     rows = []
+    hour = 3600 * 10**9
     for n in sizes:
+        steps = np.zeros((n, j.STEP_COLUMNS))
+        steps[:, j.SERIES] = np.arange(n) % 200
+        steps[:, j.TARGET] = 1.7e18 + (np.arange(n) // 200) * hour
+        steps[:, j.BLOCK] = 24 * hour
         stable = rng.gamma(2.0, 0.5, n)
-        pairs = np.column_stack([stable, stable * rng.lognormal(0.0, 0.2, n)])
+        steps[:, j.STABLE_SCORE] = steps[:, j.STABLE_INTERVAL] = stable
+        steps[:, j.CANARY_SCORE] = stable * rng.lognormal(0.0, 0.2, n)
+        steps[:, j.CANARY_INTERVAL] = stable * rng.lognormal(0.0, 0.2, n)
+        steps[:, j.COUNT] = steps[:, j.COUNT_INTERVAL] = 1.0
         stats = VariantStats(calls=n, errors=0, p99_latency=0.01)
-        evidence = Evidence(pairs, np.empty(0), np.empty(0), stats, stats)
+        evidence = Evidence(steps, np.empty(0), np.empty(0), stats, stats)
         policy = JudgePolicy()
         judge(policy, evidence)
         times = []
@@ -270,7 +281,14 @@ def judge_timing(sizes: tuple[int, ...]) -> list[dict[str, Any]]:
             t = time.perf_counter()
             verdict = judge(policy, evidence)
             times.append(time.perf_counter() - t)
-        rows.append({"pairs": n, "ms": float(np.median(times)) * 1000, "verdict": verdict.verdict})
+        rows.append(
+            {
+                "pairs": n,
+                "units": verdict.samples,
+                "ms": float(np.median(times)) * 1000,
+                "verdict": verdict.verdict,
+            }
+        )
     return rows
 
 

@@ -390,6 +390,14 @@ class Controller:
         level = log.warning if action == "refused" else log.info
         level("desired_canary", desired=desired, action=action, reason=reason)
 
+    def _judge(self, record: RolloutRecord) -> tuple[Evidence, Judgement]:
+        evidence = self.analyzer.evidence(
+            since=record.step_started_at,
+            stable_version=record.stable_version,
+            canary_version=record.candidate_version,
+        )
+        return evidence, judge(self.policy.judge, evidence)
+
     async def tick(self) -> None:
         await self.follow_desired_canary()
         async with self._lock:
@@ -398,12 +406,9 @@ class Controller:
                 return
             now = self.clock()
             in_step = now - record.step_started_at
-            self.evidence = evidence = self.analyzer.evidence(
-                since=record.step_started_at,
-                stable_version=record.stable_version,
-                canary_version=record.candidate_version,
-            )
-            self.judgement = verdict = judge(self.policy.judge, evidence)
+            # off the event loop: on a long step the judge reads ~10^6 rows (about 0.5 s)
+            evidence, verdict = await asyncio.to_thread(self._judge, record)
+            self.evidence, self.judgement = evidence, verdict
             self._observe_evidence(evidence, verdict)
             record.judgement = json.dumps(asdict(verdict), default=str)
             last = self.analyzer.last_span_at
