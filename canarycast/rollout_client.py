@@ -125,9 +125,8 @@ def _ratios(j: rpb.Judgement, method: str) -> list[tuple[str, str]]:
         return [("error ratio", f"{_ratio(j)}  canary/stable, {method}")]
     rows = []
     for m in j.metrics:
-        detail = f"{m.verdict}" + (
-            f", blocks of {m.block_horizons:g} horizons" if m.block_horizons else ""
-        )
+        blocks = f", blocks of {m.block_horizons:g} horizons" if m.block_horizons else ""
+        detail = f"{m.verdict}, {m.units:,} units{blocks}"
         if m.note:
             detail = m.note
         rows.append(

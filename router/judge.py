@@ -283,8 +283,9 @@ class MetricJudgement:
 class Judgement:
     """A verdict with its reason and the interval behind it.
 
-    ``samples``, ``ratio``, ``lower`` and ``upper`` are those of the first judged
-    metric (the point error by default); ``metrics`` has each judged metric.
+    ``ratio``, ``lower`` and ``upper`` are those of the first judged metric (the
+    point error by default), ``samples`` the effective units of the metric the
+    verdict rests on; ``metrics`` has each judged metric.
     """
 
     verdict: Verdict
@@ -764,6 +765,7 @@ def _series_metric(
 
 
 def _describe(policy: JudgePolicy, m: MetricJudgement) -> str:
+    """One metric's interval and verdict, with the units it rests on."""
     label = _LABEL[m.metric]
     if m.note:
         return f"{label}: {m.note}"
@@ -771,11 +773,15 @@ def _describe(policy: JudgePolicy, m: MetricJudgement) -> str:
     assert m.lower is not None and m.upper is not None
     est = _fmt(m.ratio) if m.ratio is not None else "nan"
     interval = f"{label} ratio {est} [{_fmt(m.lower)}, {_fmt(m.upper)}]"
+    if m.block_horizons is not None:
+        after = f"after {m.units:,} effective units (blocks of {_blocks(m.block_horizons)})"
+    else:
+        after = f"after {m.units} series per variant (series-level, weaker)"
     if m.verdict is Verdict.PROMOTE:
-        return f"{interval} < {bar:g}"
+        return f"{interval} < {bar:g} {after}"
     if m.verdict is Verdict.ROLLBACK:
-        return f"{interval} > {bar:g}"
-    return f"{interval} still contains {bar:g}"
+        return f"{interval} > {bar:g} {after}"
+    return f"{interval} still contains {bar:g} {after}"
 
 
 def _combine(
@@ -785,8 +791,9 @@ def _combine(
 
     A metric with no evidence at all (the interval score when no forecast carried
     quantiles) is reported and left out; one with too few units keeps the step open.
+    ``samples`` is the effective units of the metric the verdict rests on (the first
+    beyond tolerance for a rollback, the first not yet within it when inconclusive).
     """
-    weaker = method == "series"
     judged = [m for m in results if m.units > 0 or m.note.startswith("too few")] or results[:1]
     worse = [m for m in judged if m.verdict is Verdict.ROLLBACK]
     if worse:
@@ -796,25 +803,22 @@ def _combine(
     else:
         verdict = Verdict.INCONCLUSIVE
         shown = [m for m in judged if m.verdict is not Verdict.PROMOTE]
-    first = judged[0]
     parts = [_describe(policy, m) for m in shown]
     if verdict is Verdict.INCONCLUSIVE:
         parts += [_describe(policy, m) for m in judged if m.verdict is Verdict.PROMOTE]
     reason = "; ".join(parts)
-    if method == "paired" and not all(m.note for m in shown):
-        blocks = f", blocks of {_blocks(first.block_horizons)}" if first.block_horizons else ""
-        reason += f"; after {first.units:,} effective units (pairs {pairs:,}{blocks})"
-    elif weaker and not all(m.note for m in shown):
-        reason += f"; after {first.units} series per variant (series-level, weaker)"
-    skipped = [m for m in results if m not in judged]
-    for m in skipped:
-        reason += f"; {_LABEL[m.metric]} not judged: {m.note}"
+    if method == "paired":
+        reason += f"; pairs {pairs:,}"
+    for m in results:
+        if m not in judged:
+            reason += f"; {_LABEL[m.metric]} not judged: {m.note}"
+    first = judged[0]
     return Judgement(
         verdict,
         reason,
         method,
-        weaker,
-        first.units,
+        method == "series",
+        shown[0].units,
         first.ratio,
         first.lower,
         first.upper,

@@ -17,6 +17,7 @@ from router.judge import (
     BLOCK,
     CANARY_SCORE,
     COUNT,
+    COUNT_INTERVAL,
     SERIES,
     STABLE_SCORE,
     STEP_COLUMNS,
@@ -419,3 +420,14 @@ def test_the_fallback_judges_both_metrics_per_series() -> None:
     j = judge(JudgePolicy(), ev)
     assert j.method == "series" and j.verdict is Verdict.ROLLBACK
     assert "interval score ratio" in j.reason
+
+
+def test_the_reason_and_samples_are_those_of_the_metric_that_decided() -> None:
+    rng = np.random.default_rng(13)
+    s = rng.lognormal(0.0, 0.3, 400)
+    ev = Evidence.of_units(np.column_stack([s, s]), np.column_stack([s, 1.5 * s]))
+    ev.steps[::2, COUNT_INTERVAL] = 0.0  # quantiles served on half the calls only
+    j = judge(JudgePolicy(), ev)
+    assert j.verdict is Verdict.ROLLBACK and j.samples == 200
+    assert "interval score ratio 1.500" in j.reason and "after 200 effective units" in j.reason
+    assert j.metrics[0].units == 400 and j.metrics[1].units == 200
