@@ -147,36 +147,43 @@ class _Columns:
         return self._data[: self._n, i]
 
 
-def _intervals(record: ForecastRecord) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """(lower, upper, beta) of each central interval a forecast served, or None.
+def _intervals(record: ForecastRecord) -> list[tuple[list[float], list[float], float]]:
+    """(lower, upper, 2 / beta) of each central interval a forecast served (may be none).
 
-    Lower and upper have one row per interval (levels tau and 1 - tau, tau < 0.5);
-    beta = 2 tau is its nominal miss rate. Malformed quantiles serve no interval.
+    An interval is a pair of levels tau and 1 - tau (tau < 0.5), with beta = 2 tau its
+    nominal miss rate. Malformed quantiles serve no interval. Plain floats: this runs
+    per forecast and is read per step.
     """
     levels, rows = record.quantile_levels, record.quantiles
     h = len(record.point)
     if len(levels) < 2 or len(rows) != len(levels) or any(len(r) != h for r in rows):
-        return None
-    values = np.asarray(rows, dtype=np.float64)
-    if not np.isfinite(values).all():
-        return None
+        return []
+    if not all(math.isfinite(v) for row in rows for v in row):
+        return []
     index = {round(float(q), 9): i for i, q in enumerate(levels)}
-    lows, highs, betas = [], [], []
+    out = []
     for q, i in index.items():
         j = index.get(round(1.0 - q, 9))
         if 0.0 < q < 0.5 and j is not None:
-            lows.append(np.minimum(values[i], values[j]))
-            highs.append(np.maximum(values[i], values[j]))
-            betas.append(2.0 * q)
-    if not betas:
-        return None
-    return np.asarray(lows), np.asarray(highs), np.asarray(betas)
+            low = [min(a, b) for a, b in zip(rows[i], rows[j], strict=True)]
+            high = [max(a, b) for a, b in zip(rows[i], rows[j], strict=True)]
+            out.append((low, high, 1.0 / q))  # 2 / beta with beta = 2 q
+    return out
 
 
 class _Pending:
     """A forecast waiting for actuals; `errors` is NaN where no actual has come yet."""
 
-    __slots__ = ("arrived", "errors", "intervals", "record", "scale", "scored", "waiting")
+    __slots__ = (
+        "arrived",
+        "errors",
+        "intervals",
+        "positions",
+        "record",
+        "scale",
+        "scored",
+        "waiting",
+    )
 
     def __init__(self, record: ForecastRecord, scale: float, arrived: float) -> None:
         self.record = record
@@ -184,6 +191,9 @@ class _Pending:
         self.arrived = arrived
         self.errors = np.full(len(record.point), np.nan)
         self.intervals = _intervals(record)
+        self.positions: dict[int, list[int]] = {}
+        for i, t in enumerate(record.timestamps):
+            self.positions.setdefault(t, []).append(i)
         self.waiting = 0
         self.scored = False
 
@@ -191,12 +201,14 @@ class _Pending:
         """Score step i on its actual: (scaled error, scaled interval score or NaN)."""
         error = abs(actual - self.record.point[i]) / self.scale
         self.errors[i] = error
-        if self.intervals is None:
+        if not self.intervals:
             return error, math.nan
-        low, high, beta = self.intervals[0][:, i], self.intervals[1][:, i], self.intervals[2]
-        miss = np.maximum(low - actual, 0.0) + np.maximum(actual - high, 0.0)
-        score = float(np.mean(high - low + 2.0 / beta * miss)) / self.scale
-        return error, score
+        total = 0.0
+        for low, high, two_over_beta in self.intervals:
+            lo, hi = low[i], high[i]
+            miss = (lo - actual if actual < lo else 0.0) + (actual - hi if actual > hi else 0.0)
+            total += hi - lo + two_over_beta * miss
+        return error, total / len(self.intervals) / self.scale
 
 
 @dataclass
@@ -507,10 +519,9 @@ class Analyzer:
                 continue
             sums = _Sums()
             for pending in waiters:
-                for i, target in enumerate(pending.record.timestamps):
-                    if target == key[1]:
-                        self._score_step(pending, i, value, now, sums)
-                        pending.waiting -= 1
+                for i in pending.positions.get(key[1], ()):
+                    self._score_step(pending, i, value, now, sums)
+                    pending.waiting -= 1
                 if pending.waiting == 0:
                     del self._pending[pending.record.forecast_id]
                     self._complete(pending, now)
