@@ -43,6 +43,16 @@ def _floats(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers: {exc}") from exc
 
 
+def _season_lengths(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers: {exc}") from exc
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected integers >= 1, got {text!r}")
+    return values
+
+
 def _port_limit_args(parser: argparse.ArgumentParser, what: str) -> None:
     """Message size and rate limit flags of a serving port (security, docs/security.md)."""
     from canarycast.validation import Limits
@@ -129,8 +139,22 @@ def build_parser() -> argparse.ArgumentParser:
     _registry_arg(p)
     p.add_argument("--name", required=True, help="model name in the registry")
     p.add_argument("--series", nargs="+", help="train on these series ids only (default: all)")
-    p.add_argument("--lookback", type=int, default=config.lookback, help="history values read")
-    p.add_argument("--horizon", type=int, default=config.horizon, help="maximum horizon")
+    p.add_argument(
+        "--lookback",
+        type=int,
+        help="history values read (default: from the data, the longest season plus the horizon)",
+    )
+    p.add_argument(
+        "--horizon",
+        type=int,
+        help="maximum horizon (default: from the frequency, e.g. a day of hourly data)",
+    )
+    p.add_argument(
+        "--season-lengths",
+        type=_season_lengths,
+        help="seasons in steps, comma-separated, shortest first (the first scales MASE); "
+        "default: from the frequency, e.g. 24,168 for hourly data",
+    )
     p.add_argument("--hidden", type=int, default=config.hidden, help="LSTM hidden units")
     p.add_argument("--layers", type=int, default=config.layers, help="LSTM layers")
     p.add_argument("--dropout", type=float, default=config.dropout)
@@ -417,10 +441,17 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"canarycast train: {exc}", file=sys.stderr)
         return 2
     try:
+        given: dict[str, Any] = {}
+        if args.lookback is not None:
+            given["lookback"] = args.lookback
+        if args.horizon is not None:
+            given["horizon"] = args.horizon
+        if args.season_lengths is not None:
+            given["season_length"] = args.season_lengths[0]
+            given["extra_seasons"] = tuple(args.season_lengths[1:])
         config = config_for(
             dataset,
-            lookback=args.lookback,
-            horizon=args.horizon,
+            **given,
             hidden=args.hidden,
             layers=args.layers,
             dropout=args.dropout,
@@ -451,6 +482,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"registered {version.name}:{version.version}  ({args.registry})")
         for alias in args.alias:
             print(f"  alias {alias} -> {version.version}")
+        for key, chosen in version.metadata.get("defaults", {}).items():
+            print(f"  {key:<14} {chosen['value']}  ({chosen['why']})")
         print(format_scores(version.metadata.get("scores", {})))
     return 0
 

@@ -31,6 +31,8 @@ import numpy as np
 import pandas as pd
 from pandas.tseries.frequencies import to_offset
 
+from server.seasons import primary_season
+
 __all__ = [
     "BUNDLED_DATASETS",
     "DataError",
@@ -153,22 +155,10 @@ def _infer_freq(index: pd.DatetimeIndex) -> str | None:
 
 
 def season_length_for(freq: str) -> int:
-    """24 for hourly, 7 daily, 52 weekly, 12 monthly, 4 quarterly, else 1."""
-    off = to_offset(freq)
-    if off.n != 1:
-        return 1
-    offsets = pd.offsets
-    if isinstance(off, offsets.Hour):
-        return 24
-    if isinstance(off, offsets.Day):
-        return 7
-    if isinstance(off, offsets.Week):
-        return 52
-    if isinstance(off, offsets.MonthBegin | offsets.MonthEnd):
-        return 12
-    if isinstance(off, offsets.QuarterBegin | offsets.QuarterEnd):
-        return 4
-    return 1
+    """The primary season of ``freq`` (:func:`server.seasons.primary_season`): 24 hourly,
+    48 half-hourly, 96 every 15 minutes, 7 daily, 5 business-daily, 52 weekly, 12 monthly,
+    4 quarterly, 1 yearly."""
+    return primary_season(freq)
 
 
 def _step_for(freq: str) -> np.timedelta64:

@@ -47,25 +47,38 @@ class LSTMForecaster(torch.nn.Module):
     """
 
     base_index: torch.Tensor  # (horizon,) input positions of the seasonal-naive forecast
+    extra_index: torch.Tensor  # (extra seasons, horizon) the same for each longer season
     interval_offset: torch.Tensor  # (horizon, n_quantiles) conformal correction, normalised
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         config.validate()
         self.config = config
+        extra = config.extra_seasons
         self.lstm = torch.nn.LSTM(
-            input_size=2,
+            input_size=2 + len(extra),
             hidden_size=config.hidden,
             num_layers=config.layers,
             batch_first=True,
             dropout=config.dropout if config.layers > 1 else 0.0,
         )
-        self.head = torch.nn.Linear(config.hidden, config.horizon * config.n_quantiles)
+        # Longer seasons also reach the head directly: their naive forecasts, as a
+        # difference from the primary one, one feature per season and step.
+        self.head = torch.nn.Linear(
+            config.hidden + len(extra) * config.horizon, config.horizon * config.n_quantiles
+        )
         torch.nn.init.zeros_(self.head.weight)
         torch.nn.init.zeros_(self.head.bias)
+        steps = torch.arange(config.horizon)
         m = config.season_length
-        base = config.lookback - m + torch.arange(config.horizon) % m
+        base = config.lookback - m + steps % m
         self.register_buffer("base_index", base, persistent=False)
+        extra_index = torch.stack(
+            [config.lookback - e + steps % e for e in extra]
+            if extra
+            else [torch.zeros(config.horizon, dtype=torch.long)]
+        )[: len(extra)]
+        self.register_buffer("extra_index", extra_index, persistent=False)
         offset = torch.zeros(config.horizon, config.n_quantiles)
         self.register_buffer("interval_offset", offset, persistent=True)
 
@@ -83,10 +96,17 @@ class LSTMForecaster(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(batch, lookback) scaled -> (batch, horizon, n_quantiles) scaled."""
         diff, s = self._seasonal(x)
-        diff = torch.nn.functional.pad(diff / s, (self.config.season_length, 0))
-        out, _ = self.lstm(torch.stack((x, diff), dim=-1))
-        y = self.head(out[:, -1, :]).view(x.shape[0], self.config.horizon, -1)
-        return x[:, self.base_index].unsqueeze(-1) + s.unsqueeze(-1) * (y + self.interval_offset)
+        channels = [x, torch.nn.functional.pad(diff / s, (self.config.season_length, 0))]
+        for e in self.config.extra_seasons:
+            channels.append(torch.nn.functional.pad((x[:, e:] - x[:, :-e]) / s, (e, 0)))
+        out, _ = self.lstm(torch.stack(channels, dim=-1)[:, -self.config.encoder_length :])
+        features = out[:, -1, :]
+        base = x[:, self.base_index]
+        if self.config.extra_seasons:
+            naive = (x[:, self.extra_index] - base.unsqueeze(1)) / s.unsqueeze(-1)
+            features = torch.cat((features, naive.flatten(1)), dim=1)
+        y = self.head(features).view(x.shape[0], self.config.horizon, -1)
+        return base.unsqueeze(-1) + s.unsqueeze(-1) * (y + self.interval_offset)
 
 
 def scale_windows(windows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -19,17 +19,45 @@ from canarycast import __version__
 from server.data import Dataset
 from server.model import ModelConfig
 from server.registry import ModelVersion, Registry
+from server.seasons import Defaults, derive
 from server.training import TrainParams, train
+
+#: The config fields chosen from the data unless given (see server.seasons).
+DERIVED_FIELDS = ("season_length", "extra_seasons", "lookback", "horizon", "encoder_steps")
+
+
+def defaults_for(dataset: Dataset, **overrides: Any) -> Defaults:
+    """Season lengths, lookback and horizon chosen from `dataset` (its frequency and the
+    length of its shortest series) around the fields in `overrides`, with the reasons."""
+    given = {k: v for k, v in overrides.items() if k in DERIVED_FIELDS}
+    return derive(dataset.freq, [len(s) for s in dataset.series], given)
 
 
 def config_for(dataset: Dataset, **overrides: Any) -> ModelConfig:
-    """The default ModelConfig for `dataset` (its frequency, step and season), with overrides."""
+    """The default ModelConfig for `dataset` (its frequency, step, seasons, lookback and
+    horizon from :func:`defaults_for`), with overrides."""
     fields = {
         "freq": dataset.freq,
         "step_seconds": int(dataset.step / np.timedelta64(1, "s")),
-        "season_length": dataset.season_length,
+        **defaults_for(dataset, **overrides).fields,
     }
     return ModelConfig(**{**fields, **overrides})
+
+
+def explain_defaults(dataset: Dataset, config: ModelConfig) -> dict[str, dict[str, Any]]:
+    """What `config` took from the data and why (``{field: {"value", "why"}}``); a field
+    that differs from what the data gives says ``"given"``."""
+    pure = defaults_for(dataset).fields
+    given = {k: getattr(config, k) for k in DERIVED_FIELDS if getattr(config, k) != pure[k]}
+    if "extra_seasons" in given and "season_length" not in given and config.extra_seasons:
+        given["season_length"] = config.season_length
+    chosen = defaults_for(dataset, **given)
+    out = chosen.metadata()
+    for k in DERIVED_FIELDS:
+        value = getattr(config, k)
+        if k in given or chosen.fields[k] != value:
+            out[k] = {"value": list(value) if isinstance(value, tuple) else value, "why": "given"}
+    return out
 
 
 def recipe_key(dataset: Dataset, config: ModelConfig, params: TrainParams) -> str:
@@ -70,6 +98,7 @@ def train_and_register(
         "dataset_hash": dataset.content_hash,
         "series": list(params.series_ids) if params.series_ids else series,
         "parameters": {**result.config.to_dict(), **result.params.to_dict()},
+        "defaults": explain_defaults(dataset, result.config),
         "scores": result.scores,
         "training": {
             "epochs_run": result.epochs_run,

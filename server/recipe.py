@@ -30,8 +30,17 @@ class ModelConfig:
     freq: str = "h"
     step_seconds: int = 3600
     season_length: int = 24
+    # Longer seasons the network also reads (168 for hourly data): seasonal differences
+    # and naive forecasts at these lags. Empty for models trained before they existed.
+    extra_seasons: tuple[int, ...] = ()
+    # Steps of the window the LSTM reads (its last ones; 0: all of it). The longer seasons
+    # reach it as differences on those steps, and the head as naive forecasts, so a year
+    # of daily data need not be read step by step. 0 for models trained before it existed.
+    encoder_steps: int = 0
 
     def __post_init__(self) -> None:
+        if isinstance(self.extra_seasons, list):
+            object.__setattr__(self, "extra_seasons", tuple(self.extra_seasons))
         if isinstance(self.quantiles, list | tuple):
             # JSON gives lists, and integers where floats are meant; normalise before checking.
             quantiles = tuple(
@@ -46,6 +55,16 @@ class ModelConfig:
     @property
     def n_quantiles(self) -> int:
         return len(self.quantiles)
+
+    @property
+    def seasons(self) -> tuple[int, ...]:
+        """``season_length`` and the extra seasons, shortest first."""
+        return (self.season_length, *self.extra_seasons)
+
+    @property
+    def encoder_length(self) -> int:
+        """Steps the LSTM reads: ``encoder_steps``, or the whole window when it is 0."""
+        return self.encoder_steps or self.lookback
 
     @property
     def point_index(self) -> int:
@@ -63,6 +82,29 @@ class ModelConfig:
                 f"lookback ({self.lookback}) must be > season_length ({self.season_length}): "
                 "the network reads seasonal differences within its window"
             )
+        es = self.encoder_steps
+        if not isinstance(es, int) or isinstance(es, bool) or not 0 <= es <= self.lookback:
+            raise ValueError(
+                f"encoder_steps must be an integer in 0..lookback ({self.lookback}), got {es!r}"
+            )
+        extra = self.extra_seasons
+        if not isinstance(extra, tuple) or not all(
+            isinstance(m, int) and not isinstance(m, bool) for m in extra
+        ):
+            raise ValueError(f"extra_seasons must be a sequence of integers, got {extra!r}")
+        previous = self.season_length
+        for m in extra:
+            if m <= previous:
+                raise ValueError(
+                    f"extra_seasons must be increasing and > season_length "
+                    f"({self.season_length}), got {list(extra)}"
+                )
+            if m >= self.lookback:
+                raise ValueError(
+                    f"extra_seasons: {m} must be < lookback ({self.lookback}): the network "
+                    "reads each season within its window"
+                )
+            previous = m
         if (
             not isinstance(self.dropout, float)
             or not math.isfinite(self.dropout)
@@ -92,6 +134,12 @@ class ModelConfig:
         """JSON-able dict (quantiles as a list)."""
         d = asdict(self)
         d["quantiles"] = list(self.quantiles)
+        if self.extra_seasons:
+            d["extra_seasons"] = list(self.extra_seasons)
+        else:
+            del d["extra_seasons"]  # absent unless set: configs and keys of earlier models hold
+        if not self.encoder_steps:
+            del d["encoder_steps"]
         return d
 
     @classmethod

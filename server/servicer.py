@@ -78,6 +78,9 @@ def lineage_to_proto(metadata: Mapping[str, Any]) -> pb.Lineage:
     for key, value in (metadata.get("scores") or {}).items():
         if isinstance(value, int | float):
             lineage.scores[str(key)] = float(value)
+    for key, chosen in (metadata.get("defaults") or {}).items():
+        if isinstance(chosen, Mapping):
+            lineage.defaults[str(key)] = f"{chosen.get('value')}: {chosen.get('why', '')}"
     created = metadata.get("created_at")
     if isinstance(created, str):
         # An unparseable date stays unset rather than failing GetModel.

@@ -26,7 +26,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x63\x61narycast/v1/forecast.proto\x12\rcanarycast.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x85\x01\n\x0bSeriesInput\x12\x11\n\tseries_id\x18\x01 \x01(\t\x12\x0f\n\x07history\x18\x02 \x03(\x01\x12)\n\x05start\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x04step\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"a\n\x0f\x46orecastRequest\x12*\n\x06series\x18\x01 \x03(\x0b\x32\x1a.canarycast.v1.SeriesInput\x12\x0f\n\x07horizon\x18\x02 \x01(\r\x12\x11\n\tquantiles\x18\x03 \x03(\x01\"4\n\x10QuantileForecast\x12\x10\n\x08quantile\x18\x01 \x01(\x01\x12\x0e\n\x06values\x18\x02 \x03(\x01\"\xab\x01\n\x0eSeriesForecast\x12\x11\n\tseries_id\x18\x01 \x01(\t\x12\x13\n\x0b\x66orecast_id\x18\x02 \x01(\t\x12.\n\ntimestamps\x18\x03 \x03(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05point\x18\x04 \x03(\x01\x12\x32\n\tquantiles\x18\x05 \x03(\x0b\x32\x1f.canarycast.v1.QuantileForecast\":\n\x08ModelRef\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0f\n\x07variant\x18\x03 \x01(\t\"l\n\x10\x46orecastResponse\x12\x30\n\tforecasts\x18\x01 \x03(\x0b\x32\x1d.canarycast.v1.SeriesForecast\x12&\n\x05model\x18\x02 \x01(\x0b\x32\x17.canarycast.v1.ModelRef\"f\n\x11SeriesObservation\x12\x11\n\tseries_id\x18\x01 \x01(\t\x12.\n\ntimestamps\x18\x02 \x03(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06values\x18\x03 \x03(\x01\"H\n\x0eObserveRequest\x12\x36\n\x0cobservations\x18\x01 \x03(\x0b\x32 .canarycast.v1.SeriesObservation\"*\n\x0fObserveResponse\x12\x17\n\x0f\x61\x63\x63\x65pted_points\x18\x01 \x01(\r\"\x11\n\x0fGetModelRequest\"\xc8\x02\n\x07Lineage\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x14\n\x0c\x64\x61taset_hash\x18\x02 \x01(\t\x12:\n\nparameters\x18\x03 \x03(\x0b\x32&.canarycast.v1.Lineage.ParametersEntry\x12\x32\n\x06scores\x18\x04 \x03(\x0b\x32\".canarycast.v1.Lineage.ScoresEntry\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0c\x63ode_version\x18\x06 \x01(\t\x1a\x31\n\x0fParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a-\n\x0bScoresEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x87\x02\n\tModelInfo\x12&\n\x05model\x18\x01 \x01(\x0b\x32\x17.canarycast.v1.ModelRef\x12\x10\n\x08lookback\x18\x02 \x01(\r\x12\x13\n\x0bmax_horizon\x18\x03 \x01(\r\x12\x11\n\tquantiles\x18\x04 \x03(\x01\x12\'\n\x04step\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\'\n\x07lineage\x18\x06 \x01(\x0b\x32\x16.canarycast.v1.Lineage\x12\x1b\n\x13max_series_per_call\x18\x07 \x01(\r\x12\x13\n\x0bmax_history\x18\x08 \x01(\r\x12\x14\n\x0creload_error\x18\t \x01(\t2\xe9\x01\n\nForecaster\x12K\n\x08\x46orecast\x12\x1e.canarycast.v1.ForecastRequest\x1a\x1f.canarycast.v1.ForecastResponse\x12H\n\x07Observe\x12\x1d.canarycast.v1.ObserveRequest\x1a\x1e.canarycast.v1.ObserveResponse\x12\x44\n\x08GetModel\x12\x1e.canarycast.v1.GetModelRequest\x1a\x18.canarycast.v1.ModelInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x63\x61narycast/v1/forecast.proto\x12\rcanarycast.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x85\x01\n\x0bSeriesInput\x12\x11\n\tseries_id\x18\x01 \x01(\t\x12\x0f\n\x07history\x18\x02 \x03(\x01\x12)\n\x05start\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x04step\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"a\n\x0f\x46orecastRequest\x12*\n\x06series\x18\x01 \x03(\x0b\x32\x1a.canarycast.v1.SeriesInput\x12\x0f\n\x07horizon\x18\x02 \x01(\r\x12\x11\n\tquantiles\x18\x03 \x03(\x01\"4\n\x10QuantileForecast\x12\x10\n\x08quantile\x18\x01 \x01(\x01\x12\x0e\n\x06values\x18\x02 \x03(\x01\"\xab\x01\n\x0eSeriesForecast\x12\x11\n\tseries_id\x18\x01 \x01(\t\x12\x13\n\x0b\x66orecast_id\x18\x02 \x01(\t\x12.\n\ntimestamps\x18\x03 \x03(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05point\x18\x04 \x03(\x01\x12\x32\n\tquantiles\x18\x05 \x03(\x0b\x32\x1f.canarycast.v1.QuantileForecast\":\n\x08ModelRef\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0f\n\x07variant\x18\x03 \x01(\t\"l\n\x10\x46orecastResponse\x12\x30\n\tforecasts\x18\x01 \x03(\x0b\x32\x1d.canarycast.v1.SeriesForecast\x12&\n\x05model\x18\x02 \x01(\x0b\x32\x17.canarycast.v1.ModelRef\"f\n\x11SeriesObservation\x12\x11\n\tseries_id\x18\x01 \x01(\t\x12.\n\ntimestamps\x18\x02 \x03(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06values\x18\x03 \x03(\x01\"H\n\x0eObserveRequest\x12\x36\n\x0cobservations\x18\x01 \x03(\x0b\x32 .canarycast.v1.SeriesObservation\"*\n\x0fObserveResponse\x12\x17\n\x0f\x61\x63\x63\x65pted_points\x18\x01 \x01(\r\"\x11\n\x0fGetModelRequest\"\xb1\x03\n\x07Lineage\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x14\n\x0c\x64\x61taset_hash\x18\x02 \x01(\t\x12:\n\nparameters\x18\x03 \x03(\x0b\x32&.canarycast.v1.Lineage.ParametersEntry\x12\x32\n\x06scores\x18\x04 \x03(\x0b\x32\".canarycast.v1.Lineage.ScoresEntry\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0c\x63ode_version\x18\x06 \x01(\t\x12\x36\n\x08\x64\x65\x66\x61ults\x18\x07 \x03(\x0b\x32$.canarycast.v1.Lineage.DefaultsEntry\x1a\x31\n\x0fParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a-\n\x0bScoresEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a/\n\rDefaultsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x87\x02\n\tModelInfo\x12&\n\x05model\x18\x01 \x01(\x0b\x32\x17.canarycast.v1.ModelRef\x12\x10\n\x08lookback\x18\x02 \x01(\r\x12\x13\n\x0bmax_horizon\x18\x03 \x01(\r\x12\x11\n\tquantiles\x18\x04 \x03(\x01\x12\'\n\x04step\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\'\n\x07lineage\x18\x06 \x01(\x0b\x32\x16.canarycast.v1.Lineage\x12\x1b\n\x13max_series_per_call\x18\x07 \x01(\r\x12\x13\n\x0bmax_history\x18\x08 \x01(\r\x12\x14\n\x0creload_error\x18\t \x01(\t2\xe9\x01\n\nForecaster\x12K\n\x08\x46orecast\x12\x1e.canarycast.v1.ForecastRequest\x1a\x1f.canarycast.v1.ForecastResponse\x12H\n\x07Observe\x12\x1d.canarycast.v1.ObserveRequest\x1a\x1e.canarycast.v1.ObserveResponse\x12\x44\n\x08GetModel\x12\x1e.canarycast.v1.GetModelRequest\x1a\x18.canarycast.v1.ModelInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,6 +37,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LINEAGE_PARAMETERSENTRY']._serialized_options = b'8\001'
   _globals['_LINEAGE_SCORESENTRY']._loaded_options = None
   _globals['_LINEAGE_SCORESENTRY']._serialized_options = b'8\001'
+  _globals['_LINEAGE_DEFAULTSENTRY']._loaded_options = None
+  _globals['_LINEAGE_DEFAULTSENTRY']._serialized_options = b'8\001'
   _globals['_SERIESINPUT']._serialized_start=113
   _globals['_SERIESINPUT']._serialized_end=246
   _globals['_FORECASTREQUEST']._serialized_start=248
@@ -58,13 +60,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETMODELREQUEST']._serialized_start=967
   _globals['_GETMODELREQUEST']._serialized_end=984
   _globals['_LINEAGE']._serialized_start=987
-  _globals['_LINEAGE']._serialized_end=1315
-  _globals['_LINEAGE_PARAMETERSENTRY']._serialized_start=1219
-  _globals['_LINEAGE_PARAMETERSENTRY']._serialized_end=1268
-  _globals['_LINEAGE_SCORESENTRY']._serialized_start=1270
-  _globals['_LINEAGE_SCORESENTRY']._serialized_end=1315
-  _globals['_MODELINFO']._serialized_start=1318
-  _globals['_MODELINFO']._serialized_end=1581
-  _globals['_FORECASTER']._serialized_start=1584
-  _globals['_FORECASTER']._serialized_end=1817
+  _globals['_LINEAGE']._serialized_end=1420
+  _globals['_LINEAGE_PARAMETERSENTRY']._serialized_start=1275
+  _globals['_LINEAGE_PARAMETERSENTRY']._serialized_end=1324
+  _globals['_LINEAGE_SCORESENTRY']._serialized_start=1326
+  _globals['_LINEAGE_SCORESENTRY']._serialized_end=1371
+  _globals['_LINEAGE_DEFAULTSENTRY']._serialized_start=1373
+  _globals['_LINEAGE_DEFAULTSENTRY']._serialized_end=1420
+  _globals['_MODELINFO']._serialized_start=1423
+  _globals['_MODELINFO']._serialized_end=1686
+  _globals['_FORECASTER']._serialized_start=1689
+  _globals['_FORECASTER']._serialized_end=1922
 # @@protoc_insertion_point(module_scope)

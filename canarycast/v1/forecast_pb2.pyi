@@ -99,7 +99,7 @@ class GetModelRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class Lineage(_message.Message):
-    __slots__ = ("dataset", "dataset_hash", "parameters", "scores", "created_at", "code_version")
+    __slots__ = ("dataset", "dataset_hash", "parameters", "scores", "created_at", "code_version", "defaults")
     class ParametersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -114,19 +114,28 @@ class Lineage(_message.Message):
         key: str
         value: float
         def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    class DefaultsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     DATASET_FIELD_NUMBER: _ClassVar[int]
     DATASET_HASH_FIELD_NUMBER: _ClassVar[int]
     PARAMETERS_FIELD_NUMBER: _ClassVar[int]
     SCORES_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     CODE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    DEFAULTS_FIELD_NUMBER: _ClassVar[int]
     dataset: str
     dataset_hash: str
     parameters: _containers.ScalarMap[str, str]
     scores: _containers.ScalarMap[str, float]
     created_at: _timestamp_pb2.Timestamp
     code_version: str
-    def __init__(self, dataset: _Optional[str] = ..., dataset_hash: _Optional[str] = ..., parameters: _Optional[_Mapping[str, str]] = ..., scores: _Optional[_Mapping[str, float]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., code_version: _Optional[str] = ...) -> None: ...
+    defaults: _containers.ScalarMap[str, str]
+    def __init__(self, dataset: _Optional[str] = ..., dataset_hash: _Optional[str] = ..., parameters: _Optional[_Mapping[str, str]] = ..., scores: _Optional[_Mapping[str, float]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., code_version: _Optional[str] = ..., defaults: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
     __slots__ = ("model", "lookback", "max_horizon", "quantiles", "step", "lineage", "max_series_per_call", "max_history", "reload_error")

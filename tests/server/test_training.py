@@ -186,16 +186,17 @@ def test_progress_bar_on_stderr(capsys: pytest.CaptureFixture[str]) -> None:
 
 @pytest.fixture(scope="module")
 def seattle() -> TrainResult:
-    """The default recipe on the real bundled seattle-temps, trained once."""
-    return train(load_dataset("seattle-temps"), ModelConfig(), TrainParams(), progress=False)
+    """The default recipe (config from the data: seasons 24 and 168, lookback 192) on the
+    real bundled seattle-temps, trained once."""
+    dataset = load_dataset("seattle-temps")
+    return train(dataset, config_for(dataset), TrainParams(), progress=False)
 
 
 @pytest.mark.slow
 def test_default_recipe_is_not_at_the_mercy_of_the_seed() -> None:
     # Seed 1 once stopped early at epoch 9 with MASE 1.83 (patience 5).
-    result = train(
-        load_dataset("seattle-temps"), ModelConfig(), TrainParams(seed=1), progress=False
-    )
+    dataset = load_dataset("seattle-temps")
+    result = train(dataset, config_for(dataset), TrainParams(seed=1), progress=False)
     assert result.scores["mase"] < 1.0
     assert result.scores["relmae_snaive"] < 1.0
 
