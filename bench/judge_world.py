@@ -494,11 +494,11 @@ def outcome_dict(o: Outcome) -> dict[str, Any]:
 
 #: (series, max ticks, rollouts per point scenario, rollouts per interval scenario)
 PLAN = (
-    (2, 240, 40, 0),
-    (10, 240, 30, 0),
-    (40, 240, 20, 10),
-    (200, 48, 12, 10),
-    (1000, 24, 3, 0),
+    (2, 240, 16, 0),
+    (10, 240, 12, 0),
+    (40, 240, 10, 4),
+    (200, 48, 8, 4),
+    (1000, 24, 2, 0),
 )
 SMOKE_PLAN = ((2, 48, 1, 0), (40, 24, 1, 1))
 
@@ -559,3 +559,89 @@ def _ratios(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
             if t.get("rollouts"):
                 out[f"{j} {r['scenario']} N={r['n_series']}: wrong"] = t["wrong"]
     return out
+
+
+# --- the section's table and plot ------------------------------------------------------
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The judge section of bench/results/README.md: one table, three judges."""
+    lines = [
+        "## Judge: three judges in a world with dependent errors",
+        "",
+        f"Hourly series, horizon {result['horizon']}, both variants forecast every call, "
+        "judged after every tick through the real analyzer (`bench/judge_world.py` says "
+        "what the world has). P / R / U: promoted / rolled back / undecided within the run; "
+        "times are medians of the decided rollouts, in horizons since the rollout started. "
+        "A wrong decision: a 10 %-worse canary promoted, an equal or better one rolled back.",
+        "",
+        "| canary | series | rollouts | run (horizons) | "
+        + " | ".join(f"{LABELS[j]} P / R / U, time" for j in JUDGES)
+        + " |",
+        "|---|---|---|---|" + "---|" * len(JUDGES),
+    ]
+    for r in result["rows"]:
+        cells = []
+        for j in JUDGES:
+            t = r["judges"].get(j)
+            if not t or not t.get("rollouts"):
+                cells.append("-")
+                continue
+            time_h = "-" if math.isnan(t["median_horizons"]) else f"{t['median_horizons']:.2f} h"
+            cells.append(
+                f"{t['promoted']:.2f} / {t['rolled_back']:.2f} / {t['undecided']:.2f}, {time_h}"
+            )
+        lines.append(
+            f"| {r['scenario']} | {r['n_series']} | {r['rollouts']} | "
+            f"{r['max_ticks'] / HORIZON:g} | " + " | ".join(cells) + " |"
+        )
+    return "\n".join(lines)
+
+
+def plot(result: dict[str, Any], out: Any) -> None:
+    """Decision times (horizons since the start) of every rollout, per judge and scenario;
+    wrong decisions in red, undecided rollouts at the right edge of their run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = result["rollout_columns"]
+    rows = result["rollouts"]
+    names = [s.name for s in POINT_SCENARIOS]
+    fig, axes = plt.subplots(1, len(names), figsize=(15, 5), sharey=True)
+    for ax, name in zip(axes, names, strict=True):
+        for k, j in enumerate(JUDGES):
+            vi, ti = columns.index(f"{j}_verdict"), columns.index(f"{j}_ticks")
+            for row in rows:
+                if row[0] != name or row[vi] is None:
+                    continue
+                n, max_ticks = row[1], row[3]
+                y = math.log10(n) + (k - 1) * 0.12
+                verdict = row[vi]
+                if verdict == "inconclusive":
+                    x, colour, marker = max_ticks / HORIZON, "0.6", "|"
+                else:
+                    x = max(row[ti], 1) / HORIZON
+                    bad = wrong(SCENARIOS[name], verdict)
+                    colour = "tab:red" if bad else ("tab:blue", "tab:orange", "tab:green")[k]
+                    marker = "x" if bad else "o"
+                ax.scatter(x, y, s=14, c=colour, marker=marker, alpha=0.6)
+        ax.set_xscale("log")
+        ax.set_title(f"canary {name}")
+        ax.set_xlabel("horizons since the rollout started")
+    axes[0].set_yticks([math.log10(n) for n in (2, 10, 40, 200, 1000)])
+    axes[0].set_yticklabels(["2", "10", "40", "200", "1000"])
+    axes[0].set_ylabel("live series (rows: new judge, raw pairs, Kayenta)")
+    handles = [
+        plt.Line2D([], [], marker="o", ls="", c=c, label=LABELS[j])
+        for j, c in zip(JUDGES, ("tab:blue", "tab:orange", "tab:green"), strict=True)
+    ]
+    handles += [
+        plt.Line2D([], [], marker="x", ls="", c="tab:red", label="wrong decision"),
+        plt.Line2D([], [], marker="|", ls="", c="0.6", label="undecided at the end"),
+    ]
+    fig.legend(handles=handles, loc="lower center", ncol=5)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    fig.savefig(out / "judge_decision_times.png", dpi=100)
+    plt.close(fig)

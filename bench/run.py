@@ -1,4 +1,4 @@
-"""`make bench`: all six benchmark sections, one after another, in one run.
+"""`make bench`: all seven benchmark sections, one after another, in one run.
 
     python -m bench.run                 # full run -> bench/results/
     python -m bench.run --smoke --out DIR --registry R --model NAME:VERSION
@@ -23,7 +23,7 @@ from typing import Any
 
 from bench.common import CACHE, RESULTS, BenchModel, machine, write_json
 
-SECTIONS = ("serving", "peer", "router", "analysis", "growth", "accuracy")
+SECTIONS = ("serving", "peer", "router", "analysis", "growth", "accuracy", "judge")
 
 
 def default_model() -> BenchModel:
@@ -48,7 +48,7 @@ def run(
 ) -> dict[str, Any]:
     from tqdm import tqdm
 
-    from bench import accuracy, analysis_cost, peer, report, router_cost, serving
+    from bench import accuracy, analysis_cost, judge_world, peer, report, router_cost, serving
 
     started = time.perf_counter()
     about = machine()
@@ -62,6 +62,7 @@ def run(
         "analysis": lambda: analysis_cost.analysis_section(smoke=smoke),
         "growth": lambda: serving.growth_section(model, smoke=smoke),  # type: ignore[arg-type]
         "accuracy": lambda: accuracy.accuracy_section(smoke=smoke),
+        "judge": lambda: judge_world.judge_section(smoke=smoke),
     }
     results: dict[str, Any] = {}
     bar = tqdm(sections, desc="bench", unit="section", file=sys.stderr)
@@ -92,6 +93,9 @@ def run(
     ok = {name: r for name, r in shown.items() if "error" not in r}
     report.plots(ok, out)
     text = report.markdown(ok, about, total)
+    if "judge" in ok:  # its table and plot live beside its world
+        judge_world.plot(ok["judge"], out)
+        text += "\n\n" + judge_world.markdown(ok["judge"])
     failed = [f"- **{name}**: {r['error']}" for name, r in shown.items() if "error" in r]
     if failed:  # a failed section is reported as such, never left out silently
         text += "\n\n## Sections that failed\n\n" + "\n".join(failed)

@@ -117,3 +117,18 @@ def test_run_refuses_an_unknown_section(capsys: pytest.CaptureFixture[str]) -> N
     with pytest.raises(SystemExit):
         main(["--smoke", "--sections", "serving,nope"])
     assert "unknown section(s) nope" in capsys.readouterr().err
+
+
+def test_judge_section_runs_the_three_judges_and_writes_its_table_and_plot(
+    tmp_path: Path,
+) -> None:
+    from bench import judge_world
+
+    result = judge_world.judge_section(smoke=True, processes=1)
+    assert {r["scenario"] for r in result["rows"]} >= {"10 % worse", "equal", "10 % better"}
+    row = next(r for r in result["rows"] if r["scenario"] == "10 % worse" and r["n_series"] == 40)
+    assert set(row["judges"]) == {"new", "raw", "kayenta"}
+    text = judge_world.markdown(result)
+    assert "| 10 % worse | 40 |" in text
+    judge_world.plot(result, tmp_path)
+    assert (tmp_path / "judge_decision_times.png").stat().st_size > 10_000
