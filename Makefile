@@ -14,7 +14,7 @@ help:
 	@echo "make check  ruff + mypy"
 	@echo "make stubs  regenerate the gRPC stubs from protos/"
 	@echo "make audit  known vulnerabilities of the installed dependencies (needs network)"
-	@echo "make bench  the six benchmark sections (< 20 min on 2 cores) -> bench/results/"
+	@echo "make bench  the seven benchmark sections (< 20 min on 2 cores) -> bench/results/"
 
 venv: $(STAMP)
 
