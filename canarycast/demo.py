@@ -208,6 +208,9 @@ async def run_act(
     last_decision = None
     status = await asyncio.to_thread(client.status)
     while time.monotonic() - started < max_seconds:
+        if replayer.exhausted:  # the test period is over: the act ends undecided, said so
+            say("   the replayed test period has ended before a decision")
+            break
         await replayer.tick()
         act.ticks += 1
         await asyncio.sleep(0.02)  # time compressed: an hour of data every ~40 ms

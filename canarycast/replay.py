@@ -77,6 +77,11 @@ class Replayer:
         self.stats.variants[answer.model.variant] += 1
         self.stats.versions[answer.model.version] += 1
 
+    @property
+    def exhausted(self) -> bool:
+        """Every value of some series has been revealed: no tick is left."""
+        return any(self.position >= len(s.values) for s in self.series)
+
     async def tick(self) -> None:
         """Forecast every series, then reveal the next value of each."""
         if any(self.position >= len(s.values) for s in self.series):
