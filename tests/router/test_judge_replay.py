@@ -201,10 +201,10 @@ def test_the_raw_pair_judge_errs_on_the_same_replays(replayed: Replayed) -> None
     rollbacks = aa.count(Verdict.ROLLBACK, raw=True)
     promotions = worse.count(Verdict.PROMOTE, raw=True)
     if not replayed.case.raw_judge_errs:
-        pytest.skip(
-            f"measured: the raw-pair judge decides rightly on {replayed.case.name} too "
-            f"(A/A {dict(aa.counts(raw=True))}, worse {dict(worse.counts(raw=True))})"
-        )
+        # measured: on this dataset the raw-pair judge decides rightly too (its two seeds
+        # are almost the same model): the case claims no wrong decision, so check that
+        assert rollbacks == 0 and promotions == 0, table(replayed)
+        return
     assert rollbacks > MAX_AA_ROLLBACK_RATE * len(aa) or promotions > 0, table(replayed)
 
 
