@@ -68,12 +68,15 @@ class Recipe:
 RECIPES = (
     Recipe(
         "v1",
-        "stable: last quarter's quick recipe (1 epoch)",
-        {"hidden": 8, "layers": 1},
+        "stable: last quarter's quick recipe (48-hour window, no weekly season, 1 epoch)",
+        {"hidden": 8, "layers": 1, "lookback": 48},
         TrainParams(epochs=1, max_windows_per_epoch=512),
     ),
     Recipe(
-        "v2", "candidate A: the full recipe (up to 30 epochs, early stopping)", {}, TrainParams()
+        "v2",
+        "candidate A: the default recipe (seasons 24 and 168 from the data, up to 30 epochs)",
+        {},
+        TrainParams(),
     ),
     Recipe(
         "v3",
