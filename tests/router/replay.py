@@ -17,19 +17,14 @@ from typing import Any
 
 import numpy as np
 
+from bench.judge_world import raw_pair_verdict
 from canarycast.validation import history_scale
 from router.analysis import Analyzer, ForecastRecord, ObservationRecord
 from router.judge import (
-    CANARY_SCORE,
-    COUNT,
-    STABLE_SCORE,
-    Evidence,
     Judgement,
     JudgePolicy,
     Verdict,
     judge,
-    optimal_rho,
-    ratio_confidence_sequence,
 )
 from server.data import Dataset, load_dataset, split_points
 from server.model import build_model, predict
@@ -37,7 +32,6 @@ from server.pipeline import config_for
 from server.training import TrainParams, train
 
 LEVELS = (0.1, 0.5, 0.9)
-RAW_MIN_ROWS = 30  # the raw-pair judge's minimum, in evidence rows
 
 
 @dataclass(frozen=True)
@@ -135,22 +129,6 @@ def lag1_autocorrelation(x: np.ndarray) -> float:
     """Lag-1 autocorrelation of a sequence."""
     x = np.asarray(x, dtype=np.float64)
     return float(np.corrcoef(x[:-1], x[1:])[0, 1])
-
-
-def raw_pair_verdict(evidence: Evidence, tolerance: float = 0.05, alpha: float = 0.05) -> Verdict:
-    """The judge before the rebuild: every evidence row an independent pair of mean scores."""
-    steps = evidence.steps
-    if len(steps) < RAW_MIN_ROWS:
-        return Verdict.INCONCLUSIVE
-    pairs = np.column_stack(
-        [steps[:, STABLE_SCORE] / steps[:, COUNT], steps[:, CANARY_SCORE] / steps[:, COUNT]]
-    )
-    _, lower, upper = ratio_confidence_sequence(pairs, alpha, optimal_rho(alpha))
-    if upper < 1.0 + tolerance:
-        return Verdict.PROMOTE
-    if lower > 1.0 + tolerance:
-        return Verdict.ROLLBACK
-    return Verdict.INCONCLUSIVE
 
 
 @dataclass(frozen=True)
@@ -255,7 +233,7 @@ class Replay:
                 if last.verdict is not Verdict.INCONCLUSIVE:
                     decided = (last, k - offset + 1)
             if raw is None:
-                verdict = raw_pair_verdict(evidence, policy.tolerance, policy.alpha)
+                verdict = raw_pair_verdict(evidence, policy)
                 if verdict is not Verdict.INCONCLUSIVE:
                     raw = (verdict, k - offset + 1)
             if decided is not None and raw is not None:
