@@ -21,10 +21,7 @@ from router.judge import CANARY_SCORE, COUNT, STABLE_SCORE, Evidence
 
 def pairs(evidence: Evidence) -> np.ndarray:
     """(stable, canary) mean scores of each row of paired steps (one row per actual)."""
-    steps = evidence.steps
-    return np.column_stack(
-        [steps[:, STABLE_SCORE] / steps[:, COUNT], steps[:, CANARY_SCORE] / steps[:, COUNT]]
-    ).reshape(-1, 2)
+    return evidence.row_means().reshape(-1, 2)
 
 
 S = 1_000_000_000  # one second in ns
