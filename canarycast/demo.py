@@ -278,6 +278,8 @@ async def story(
         f"{replayer.stats.calls} forecast calls, {replayer.stats.observed} observed values, "
         f"{len(replayer.stats.failures)} failed calls"
     )
+    for failure in replayer.stats.failures[:5]:
+        say(f"     failed: {failure}")
     return acts, replayer.stats.failures
 
 

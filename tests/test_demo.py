@@ -51,5 +51,5 @@ def test_the_demo_promotes_one_candidate_and_rolls_back_the_other(tmp_path: Path
         assert data.startswith(b"\x89PNG") and len(data) > 20_000
     # a second run in a row works and reuses the trained models
     again = demo()
-    assert again.returncode == 0, again.stdout[-3000:]
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert again.stdout.count("reused (same data, recipe and code)") == 3
