@@ -44,6 +44,11 @@ class BenchModel:
     def horizon(self) -> int:
         return int(self.config()["horizon"])
 
+    @property
+    def lookback(self) -> int:
+        """The shortest history the model accepts: every bench call sends this many values."""
+        return int(self.config()["lookback"])
+
 
 def machine() -> dict[str, Any]:
     """Cores, CPU model, memory, load: printed with every result."""

@@ -244,7 +244,13 @@ def peer_section(model: BenchModel, *, smoke: bool = False) -> dict[str, Any]:
     try:
         scenarios = []
         for c in (16, 64):
-            common = {"concurrency": c, "horizon": horizon, "warmup": 2.0, "duration": 5.0}
+            common = {
+                "concurrency": c,
+                "horizon": horizon,
+                "history": model.lookback,
+                "warmup": 2.0,
+                "duration": 5.0,
+            }
             scenarios.append(
                 {
                     "name": f"canarycast gRPC, concurrency {c}",

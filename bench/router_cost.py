@@ -164,6 +164,7 @@ def router_section(model: BenchModel, *, smoke: bool = False) -> dict[str, Any]:
                         "server_pids": pids,
                         "concurrency": c,
                         "horizon": horizon,
+                        "history": model.lookback,
                         "warmup": 0.2 if smoke else 1.0,
                         "duration": 0.3 if smoke else 4.0,
                     }

@@ -20,7 +20,9 @@ from server.loader import load_model
 from server.model import scale_windows
 from server.registry import Registry
 
-BATCH_SIZES = (1, 4, 16, 64, 256)
+BATCH_SIZES = (1, 4, 16, 64, 256, 1024)
+#: Series per call of the multi-series scenarios (batching on; 64 with batching off too).
+MULTI_SERIES = (64, 256, 1024)
 BATCHING = {"off": ["--max-batch-size", "1", "--max-queue-delay-ms", "0"], "on": []}
 
 
@@ -76,7 +78,7 @@ def roofline(model: BenchModel, *, smoke: bool = False) -> dict[str, Any]:
 
 
 def _scenario(
-    name: str, target: str, pids: list[int], smoke: bool, horizon: int, **kw: Any
+    name: str, target: str, pids: list[int], smoke: bool, horizon: int, history: int, **kw: Any
 ) -> dict[str, Any]:
     return {
         "name": name,
@@ -87,7 +89,7 @@ def _scenario(
         "duration": 0.3 if smoke else 4.0,
         "concurrency": 1,
         "series_per_call": 1,
-        "history": 48,
+        "history": history,
         "horizon": horizon,
         "quantiles": [0.1, 0.9],
         **kw,
@@ -96,7 +98,7 @@ def _scenario(
 
 def serving_section(model: BenchModel, *, smoke: bool = False) -> dict[str, Any]:
     roof = roofline(model, smoke=smoke)
-    horizon = model.horizon
+    horizon, lookback = model.horizon, model.lookback
     servers = start_servers(model, BATCHING)
     try:
         scenarios = []
@@ -109,22 +111,25 @@ def serving_section(model: BenchModel, *, smoke: bool = False) -> dict[str, Any]
                         [server.process.pid],
                         smoke,
                         horizon,
+                        lookback,
                         concurrency=c,
                         batching=mode,
                     )
                 )
-            scenarios.append(
-                _scenario(
-                    f"batching {mode}, 64 series per call, concurrency 4",
-                    server.target,
-                    [server.process.pid],
-                    smoke,
-                    horizon,
-                    concurrency=4,
-                    series_per_call=64,
-                    batching=mode,
+            for k in MULTI_SERIES[:1] if smoke or mode == "off" else MULTI_SERIES:
+                scenarios.append(
+                    _scenario(
+                        f"batching {mode}, {k} series per call, concurrency 4",
+                        server.target,
+                        [server.process.pid],
+                        smoke,
+                        horizon,
+                        lookback,
+                        concurrency=4,
+                        series_per_call=k,
+                        batching=mode,
+                    )
                 )
-            )
         runs = run_loadgen(scenarios, progress="serving")
     finally:
         stop_all(servers)
@@ -149,11 +154,17 @@ def serving_section(model: BenchModel, *, smoke: bool = False) -> dict[str, Any]
         "multi_series_over_roofline": ratio(multi, best_roof),
         "p50_c1_over_bare_forward_b1": ratio(get("off", 1)["p50_ms"], fwd1),
     }
+    for k in MULTI_SERIES[1:]:
+        if not smoke:
+            ratios[f"{k}_series_per_call_over_roofline"] = ratio(
+                get("on", 4, k)["forecasts_per_s"], best_roof
+            )
     return {"roofline": roof, "runs": runs, "ratios": ratios}
 
 
+#: History lengths are multiples of the model's lookback (the shortest history it accepts).
 GROWTH = {
-    "history": (48, 192, 768, 3072),
+    "history": (1, 4, 16, 64),
     "horizon": (1, 6, 12, 24),
     "series_per_call": (1, 8, 64, 256, 1024),
 }
@@ -161,23 +172,32 @@ GROWTH = {
 
 def growth_section(model: BenchModel, *, smoke: bool = False) -> dict[str, Any]:
     """Throughput and latency of a batching server as one dimension of the call grows."""
-    max_horizon = model.horizon
+    max_horizon, lookback = model.horizon, model.lookback
     servers = start_servers(model, {"on": []})
     server = servers["on"]
     try:
         scenarios = []
         for dim, values in GROWTH.items():
             chosen = [v for v in values if dim != "horizon" or v <= max_horizon]
+            if dim == "history":
+                chosen = [v * lookback for v in values]
             if dim == "horizon" and max_horizon not in chosen:
                 chosen.append(max_horizon)
             for v in (chosen[-1:] if dim == "horizon" else chosen[:2]) if smoke else chosen:
-                kw: dict[str, Any] = {dim: v, "concurrency": 16}
+                kw: dict[str, Any] = {"history": lookback, dim: v, "concurrency": 16}
                 if dim == "series_per_call":
                     kw["concurrency"] = 4
                 kw.setdefault("horizon", max_horizon)
-                h = kw.pop("horizon")
+                h, n = kw.pop("horizon"), kw.pop("history")
                 s = _scenario(
-                    f"{dim}={v}", server.target, [server.process.pid], smoke, h, dimension=dim, **kw
+                    f"{dim}={v}",
+                    server.target,
+                    [server.process.pid],
+                    smoke,
+                    h,
+                    n,
+                    dimension=dim,
+                    **kw,
                 )
                 scenarios.append(s)
         runs = run_loadgen(scenarios, progress="growth")
