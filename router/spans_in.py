@@ -2,10 +2,12 @@
 
 Both paths hand each span's name, attributes, status and times to
 `records_from_span`, the one conversion, and feed what it returns to an
-`Analyzer`. The in-process processor never blocks the thread that ends a span:
-it appends to a bounded queue (drops counted) that a daemon thread drains. The
-OTLP receiver implements the collector's `TraceService`, so router replicas
-can send their spans through an OpenTelemetry Collector to one analyzer.
+`Analyzer`. Spans of both shapes (`canarycast.spans`: a series per span, or a call's
+series per span as arrays) give the same records. The in-process processor never
+blocks the thread that ends a span: it appends to a bounded queue (drops counted)
+that a daemon thread drains. The OTLP receiver implements the collector's
+`TraceService`, so router replicas can send their spans through an OpenTelemetry
+Collector to one analyzer.
 """
 
 from __future__ import annotations
@@ -61,23 +63,11 @@ def records_from_span(
     """The analyzer records one span carries (none for other spans or malformed ones)."""
     try:
         if name == spans.FORECAST_SPAN:
-            records: list[Record] = [_forecast(attributes)]
-            if spans.HISTORY_TIMESTAMPS in attributes:  # implicit actuals
-                records.append(
-                    ObservationRecord(
-                        series_id=str(attributes[spans.SERIES_ID]),
-                        timestamps=tuple(int(t) for t in attributes[spans.HISTORY_TIMESTAMPS]),
-                        values=tuple(float(v) for v in attributes[spans.HISTORY_VALUES]),
-                    )
-                )
-            return records
+            return _forecasts(attributes)
         if name == spans.OBSERVE_SPAN:
             return [
-                ObservationRecord(
-                    series_id=str(attributes[spans.SERIES_ID]),
-                    timestamps=tuple(int(t) for t in attributes[spans.TIMESTAMPS]),
-                    values=tuple(float(v) for v in attributes[spans.VALUES]),
-                )
+                ObservationRecord(series_id, timestamps, values)
+                for series_id, timestamps, values in spans.read_observations(attributes)
             ]
         if name == spans.FAILED_ATTEMPT_SPAN:
             return [CallRecord(variant=str(attributes[spans.VARIANT]), ok=False, latency=0.0)]
@@ -96,31 +86,38 @@ def records_from_span(
     return []
 
 
-def _forecast(attributes: Mapping[str, Any]) -> ForecastRecord:
+def _forecasts(attributes: Mapping[str, Any]) -> list[Record]:
+    """Each series' forecast, followed by its implicit actuals when the span has them."""
     call_id = attributes.get(spans.CALL_ID)
-    return ForecastRecord(
-        series_id=str(attributes[spans.SERIES_ID]),
-        forecast_id=str(attributes[spans.FORECAST_ID]),
-        call_id=None if call_id is None else str(call_id),
-        variant=str(attributes[spans.VARIANT]),
-        model_version=str(attributes.get(spans.MODEL_VERSION, "")),
-        timestamps=tuple(int(t) for t in attributes.get(spans.TARGET_TIMESTAMPS, ())),
-        point=tuple(float(v) for v in attributes[spans.POINT]),
-        scale=float(attributes.get(spans.SCALE, 0.0)),
-        shadow=bool(attributes.get(spans.SHADOW, False)),
-        **_quantiles(attributes),
-    )
-
-
-def _quantiles(attributes: Mapping[str, Any]) -> dict[str, Any]:
-    """The served quantiles, one row per level; none when the span's are inconsistent."""
-    levels = tuple(float(q) for q in attributes.get(spans.QUANTILE_LEVELS, ()))
-    values = [float(v) for v in attributes.get(spans.QUANTILES, ())]
-    horizon = len(attributes[spans.POINT])
-    if not levels or len(values) != len(levels) * horizon:
-        return {}
-    rows = tuple(tuple(values[i * horizon : (i + 1) * horizon]) for i in range(len(levels)))
-    return {"quantile_levels": levels, "quantiles": rows}
+    common = {
+        "call_id": None if call_id is None else str(call_id),
+        "variant": str(attributes[spans.VARIANT]),
+        "model_version": str(attributes.get(spans.MODEL_VERSION, "")),
+        "shadow": bool(attributes.get(spans.SHADOW, False)),
+    }
+    records: list[Record] = []
+    for row in spans.read_forecasts(attributes):
+        quantiles = (
+            {"quantile_levels": row.quantile_levels, "quantiles": row.quantiles}
+            if row.quantile_levels
+            else {}
+        )
+        records.append(
+            ForecastRecord(
+                series_id=row.series_id,
+                forecast_id=row.forecast_id,
+                timestamps=row.timestamps,
+                point=row.point,
+                scale=row.scale,
+                **common,
+                **quantiles,
+            )
+        )
+        if row.history_timestamps is not None and row.history_values is not None:
+            records.append(
+                ObservationRecord(row.series_id, row.history_timestamps, row.history_values)
+            )
+    return records
 
 
 def feed(analyzer: Analyzer, records: Iterable[Record]) -> None:

@@ -14,9 +14,8 @@ a window the model never saw during training is not one we want to serve.
 from __future__ import annotations
 
 import math
-import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,9 +27,6 @@ from canarycast.errors import InvalidArgument, Unavailable
 from canarycast.validation import (
     Limits,
     Observation,
-    check_finite,
-    check_series_id,
-    history_scale,
     validate_observations,
 )
 from server.batching import DynamicBatcher
@@ -41,36 +37,68 @@ NS_PER_S = 1_000_000_000
 
 
 @dataclass(frozen=True)
-class SeriesQuery:
-    series_id: str
-    history: np.ndarray  # float64, oldest first
-    start: int | None = None  # ns since the epoch of history[0]
-    step: int | None = None  # ns between values
-
-
-@dataclass(frozen=True)
 class ForecastQuery:
-    series: Sequence[SeriesQuery]
+    """A call's series as arrays: every history concatenated, with per-series fields.
+
+    Built once at the edge (`server.servicer.query_from_proto`, or `from_series`); all
+    work on it afterwards is numpy over the whole call, not Python per series.
+    """
+
+    series_ids: list[str]
+    values: np.ndarray  # float64: every history, oldest first, series after series
+    lengths: np.ndarray  # int64 (series,): values of each history
+    starts: np.ndarray  # int64 ns (series,): time of history[0]; 0 where has_start is False
+    has_start: np.ndarray  # bool (series,)
+    steps: np.ndarray  # int64 ns (series,): spacing; 0 where has_step is False
+    has_step: np.ndarray  # bool (series,)
     horizon: int
     quantiles: tuple[float, ...] = ()
 
+    @classmethod
+    def from_series(
+        cls,
+        series: Sequence[tuple[str, np.ndarray, int | None, int | None]],
+        horizon: int,
+        quantiles: Sequence[float] = (),
+    ) -> ForecastQuery:
+        """From (series id, history, start ns or None, step ns or None) tuples."""
+        histories = [np.asarray(h, dtype=np.float64).ravel() for _, h, _, _ in series]
+        return cls(
+            series_ids=[sid for sid, _, _, _ in series],
+            values=np.concatenate(histories) if histories else np.zeros(0),
+            lengths=np.array([h.size for h in histories], dtype=np.int64),
+            starts=np.array([st or 0 for _, _, st, _ in series], dtype=np.int64),
+            has_start=np.array([st is not None for _, _, st, _ in series], dtype=bool),
+            steps=np.array([sp or 0 for _, _, _, sp in series], dtype=np.int64),
+            has_step=np.array([sp is not None for _, _, _, sp in series], dtype=bool),
+            horizon=int(horizon),
+            quantiles=tuple(quantiles),
+        )
 
-@dataclass(frozen=True)
-class SeriesForecast:
-    series_id: str
-    forecast_id: str
-    timestamps: np.ndarray | None  # int64 ns, or None without a start
-    point: np.ndarray  # (horizon,)
-    quantiles: np.ndarray  # (len(requested quantiles), horizon)
-    scale: float  # mean absolute one-step change of the history (MASE-style)
+    @property
+    def size(self) -> int:
+        return len(self.series_ids)
+
+    @property
+    def ends(self) -> np.ndarray:
+        """Index one past each history's last value in `values`."""
+        return np.cumsum(self.lengths)
 
 
 @dataclass(frozen=True)
 class ForecastAnswer:
-    forecasts: list[SeriesForecast]
+    """A call's forecasts, as arrays in the order of the request."""
+
+    series_ids: list[str]
+    forecast_ids: list[str]
+    timestamps: np.ndarray | None  # int64 ns (series, horizon); None when no series has a start
+    timed: np.ndarray  # bool (series,): which rows of `timestamps` are real
+    points: np.ndarray  # (series, horizon)
+    quantiles: np.ndarray  # (series, len(requested quantiles), horizon)
+    scales: np.ndarray  # (series,): mean absolute one-step change of each history (MASE)
     model: LoadedModel
     batch_size: int
-    quantiles: tuple[float, ...]  # levels of SeriesForecast.quantiles, as requested
+    quantile_levels: tuple[float, ...]  # levels of `quantiles`, as requested
     variant: str
 
 
@@ -78,12 +106,59 @@ def target_timestamps(start: int, n: int, horizon: int, step: int | None, freq: 
     """int64 ns timestamps of the `horizon` steps after a history of `n` values."""
     if step is not None:
         return start + step * np.arange(n, n + horizon, dtype=np.int64)
-    offset = pd.tseries.frequencies.to_offset(freq)
-    if isinstance(offset, pd.offsets.Tick):  # fixed length: plain arithmetic
-        fixed = int(pd.Timedelta(offset).value)
+    fixed = fixed_step(freq)
+    if fixed is not None:  # fixed length: plain arithmetic
         return start + fixed * np.arange(n, n + horizon, dtype=np.int64)
+    offset = pd.tseries.frequencies.to_offset(freq)
     index = pd.date_range(pd.Timestamp(start, unit="ns"), periods=n + horizon, freq=offset)
     return np.asarray(index[n:].as_unit("ns").asi8, dtype=np.int64)
+
+
+def fixed_step(freq: str) -> int | None:
+    """ns of one step of `freq` when it has a fixed length (hours, days); None for months."""
+    offset = pd.tseries.frequencies.to_offset(freq)
+    if isinstance(offset, pd.offsets.Tick):
+        return int(pd.Timedelta(offset).value)
+    return None
+
+
+def all_target_timestamps(query: ForecastQuery, freq: str) -> np.ndarray | None:
+    """(series, horizon) int64 ns target times (0 in rows without a start); None if none."""
+    if not query.has_start.any():
+        return None
+    h = query.horizon
+    steps = query.steps.copy()
+    default = fixed_step(freq)
+    calendar = query.has_start & ~query.has_step
+    if default is not None:
+        steps[calendar] = default
+        calendar = np.zeros_like(calendar)
+    ahead = query.lengths[:, None] + np.arange(h, dtype=np.int64)[None, :]
+    times = np.where(query.has_start[:, None], query.starts[:, None] + steps[:, None] * ahead, 0)
+    for i in np.flatnonzero(calendar):  # calendar steps (months): pandas, series by series
+        times[i] = target_timestamps(int(query.starts[i]), int(query.lengths[i]), h, None, freq)
+    return times.astype(np.int64, copy=False)
+
+
+def history_scales(values: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Mean absolute one-step change of each concatenated history (0 below two values):
+    the error scale of a series, as in MASE (`canarycast.validation.history_scale`)."""
+    n = lengths.size
+    scales = np.zeros(n, dtype=np.float64)
+    if values.size < 2:
+        return scales
+    steps = np.abs(np.diff(values))
+    ends = np.cumsum(lengths)
+    inner = ends[:-1][lengths[:-1] > 0] - 1  # the step from one history into the next
+    steps[inner[inner < steps.size]] = 0.0
+    starts = ends - lengths
+    ok = lengths >= 2
+    if ok.any():
+        sums = np.add.reduceat(steps, np.minimum(starts[ok], steps.size - 1))
+        # reduceat sums up to the next index given; the last one runs to the end, where
+        # the only steps left are the last series' own (or zeros at boundaries).
+        scales[ok] = sums / (lengths[ok] - 1)
+    return scales
 
 
 #: Timestamps pandas can hold (int64 ns, one step inside the ends).
@@ -93,19 +168,20 @@ _LAST_NS = int(pd.Timestamp.max.value)
 _LONGEST_CALENDAR_STEP_NS = 366 * 24 * 3600 * NS_PER_S
 
 
-def check_forecast_times(s: SeriesQuery, steps: int, freq: str, field: str, where: str) -> None:
-    """Every target time (`steps` after `start`) must be a representable timestamp."""
-    assert s.start is not None
-    step = s.step
-    if step is None:
-        offset = pd.tseries.frequencies.to_offset(freq)
-        step = (
-            int(pd.Timedelta(offset).value)
-            if isinstance(offset, pd.offsets.Tick)
-            else _LONGEST_CALENDAR_STEP_NS
-        )
-    if not (s.start >= _FIRST_NS and s.start + step * steps <= _LAST_NS):
-        raise InvalidArgument(field, f"puts the forecast times outside the years 1678-2261 {where}")
+def times_out_of_range(query: ForecastQuery, freq: str) -> np.ndarray:
+    """bool (series,): a series with a start whose target times (`length + horizon` steps
+    after it) leave what int64 ns hold; exact integer arithmetic, no overflow."""
+    default = fixed_step(freq) or _LONGEST_CALENDAR_STEP_NS
+    step = np.where(query.has_step, query.steps, default)
+    steps_ahead = (query.lengths + query.horizon).astype(np.uint64)
+    starts = query.starts
+    below = starts < _FIRST_NS
+    # LAST - start fits uint64 for any start >= FIRST; positive steps only are checked here.
+    room = np.uint64(_LAST_NS) - starts.astype(np.uint64)
+    step_u = np.maximum(step, 1).astype(np.uint64)
+    beyond = step_u > room // np.maximum(steps_ahead, np.uint64(1))
+    checked = query.has_start & (~query.has_step | (query.steps > 0))
+    return checked & (below | beyond)
 
 
 class Forecaster:
@@ -135,14 +211,16 @@ class Forecaster:
         return model
 
     def validate(self, query: ForecastQuery, model: LoadedModel) -> None:
+        """Every rule at once over the call's arrays; the error names the first series
+        (in request order) that breaks one, and the first rule it breaks."""
         config, limits = model.config, self.limits
-        if not query.series:
+        k = query.size
+        if not k:
             raise InvalidArgument("series", "at least one series is required")
-        if len(query.series) > limits.max_series_per_call:
+        if k > limits.max_series_per_call:
             raise InvalidArgument(
                 "series",
-                f"{len(query.series)} series in one call; the limit is "
-                f"{limits.max_series_per_call}",
+                f"{k} series in one call; the limit is {limits.max_series_per_call}",
             )
         if not 1 <= query.horizon <= config.horizon:
             raise InvalidArgument(
@@ -158,36 +236,84 @@ class Forecaster:
             if q in seen:
                 raise InvalidArgument(f"quantiles[{i}]", f"{q} requested twice")
             seen.add(q)
-        ids: set[str] = set()
-        for i, s in enumerate(query.series):
-            field = f"series[{i}]"
-            check_series_id(s.series_id, f"{field}.series_id", limits)
-            if s.series_id in ids:
-                raise InvalidArgument(f"{field}.series_id", f"duplicate series id {s.series_id!r}")
-            ids.add(s.series_id)
-            where = f"(series {s.series_id!r})"
-            n = s.history.size
-            if n == 0:
-                raise InvalidArgument(f"{field}.history", f"is empty {where}")
-            if n < config.lookback:
-                raise InvalidArgument(
-                    f"{field}.history",
-                    f"has {n} values {where}; the model needs at least {config.lookback} "
-                    "(ModelInfo.lookback)",
-                )
-            if n > limits.max_history:
-                raise InvalidArgument(
-                    f"{field}.history",
-                    f"has {n} values {where}; the limit is {limits.max_history}",
-                )
-            check_finite(s.history, f"{field}.history", where)
-            if s.step is not None:
-                if s.start is None:
-                    raise InvalidArgument(f"{field}.step", f"is set without start {where}")
-                if s.step <= 0:
-                    raise InvalidArgument(f"{field}.step", f"must be positive {where}")
-            if s.start is not None:
-                check_forecast_times(s, n + query.horizon, config.freq, f"{field}.start", where)
+        ids, n = query.series_ids, query.lengths
+        id_chars = np.fromiter(map(len, ids), dtype=np.int64, count=k)
+        id_bytes = id_chars
+        if id_chars.max() * 4 > limits.max_series_id_bytes:  # only then can one be too long
+            id_bytes = np.fromiter((len(x.encode()) for x in ids), dtype=np.int64, count=k)
+        duplicate = np.zeros(k, dtype=bool)
+        if len(set(ids)) < k:
+            first: dict[str, int] = {}
+            for i, x in enumerate(ids):
+                duplicate[i] = first.setdefault(x, i) != i
+        finite = np.isfinite(query.values)
+        bad_value = np.zeros(k, dtype=bool)
+        first_bad = np.zeros(k, dtype=np.int64)
+        ends = query.ends
+        if not finite.all():
+            flat = np.flatnonzero(~finite)
+            owner = np.searchsorted(ends, flat, side="right")
+            owners, where_first = np.unique(owner, return_index=True)
+            bad_value[owners] = True
+            first_bad[owners] = flat[where_first] - (ends - n)[owners]
+        rules: list[tuple[np.ndarray, str, Callable[[int], str]]] = [
+            (id_chars == 0, "series_id", lambda i: "must not be empty"),
+            (
+                id_bytes > limits.max_series_id_bytes,
+                "series_id",
+                lambda i: f"longer than {limits.max_series_id_bytes} bytes",
+            ),
+            (duplicate, "series_id", lambda i: f"duplicate series id {ids[i]!r}"),
+            (n == 0, "history", lambda i: f"is empty {_where(ids[i])}"),
+            (
+                (n > 0) & (n < config.lookback),
+                "history",
+                lambda i: (
+                    f"has {n[i]} values {_where(ids[i])}; the model needs at least "
+                    f"{config.lookback} (ModelInfo.lookback)"
+                ),
+            ),
+            (
+                n > limits.max_history,
+                "history",
+                lambda i: f"has {n[i]} values {_where(ids[i])}; the limit is {limits.max_history}",
+            ),
+            (
+                bad_value,
+                "history[]",
+                lambda i: (
+                    f"is {query.values[ends[i] - n[i] + first_bad[i]]} {_where(ids[i])}; "
+                    "values must be finite"
+                ),
+            ),
+            (
+                query.has_step & ~query.has_start,
+                "step",
+                lambda i: f"is set without start {_where(ids[i])}",
+            ),
+            (
+                query.has_step & query.has_start & (query.steps <= 0),
+                "step",
+                lambda i: f"must be positive {_where(ids[i])}",
+            ),
+            (
+                times_out_of_range(query, config.freq),
+                "start",
+                lambda i: f"puts the forecast times outside the years 1678-2261 {_where(ids[i])}",
+            ),
+        ]
+        broken = np.zeros(k, dtype=bool)
+        for mask, _, _ in rules:
+            broken |= mask
+        if not broken.any():
+            return
+        i = int(np.argmax(broken))
+        for mask, field, message in rules:
+            if mask[i]:
+                name = f"series[{i}].{field}"
+                if field == "history[]":
+                    name = f"series[{i}].history[{first_bad[i]}]"
+                raise InvalidArgument(name, message(i))
 
     async def forecast(
         self, query: ForecastQuery, deadline: float | None = None, variant: str | None = None
@@ -198,72 +324,75 @@ class Forecaster:
         started_ns = time.time_ns()
         model = self.model()
         self.validate(query, model)
-        lookback = model.config.lookback
-        windows = np.stack([s.history[-lookback:] for s in query.series]).astype(np.float64)
+        config = model.config
+        lookback = config.lookback
+        window = query.ends[:, None] - lookback + np.arange(lookback, dtype=np.int64)[None, :]
+        windows = query.values[window]
         result = await self.batcher.submit(model, windows, deadline)
         outputs = result.outputs  # (n, max_horizon, quantiles)
         h = query.horizon
-        q_index = [model.config.quantiles.index(q) for q in query.quantiles]
-        forecasts = []
-        for i, s in enumerate(query.series):
-            ts = None
-            if s.start is not None:
-                ts = target_timestamps(s.start, s.history.size, h, s.step, model.config.freq)
-            forecasts.append(
-                SeriesForecast(
-                    series_id=s.series_id,
-                    forecast_id=secrets.token_hex(12),
-                    timestamps=ts,
-                    point=outputs[i, :h, model.point_index],
-                    quantiles=outputs[i, :h, q_index].reshape(len(q_index), h),
-                    scale=history_scale(s.history),
-                )
-            )
-        self._record(forecasts, model, variant, result.batch_size, started_ns, outputs[:, :h])
-        return ForecastAnswer(forecasts, model, result.batch_size, query.quantiles, variant)
+        q_index = [config.quantiles.index(q) for q in query.quantiles]
+        served = outputs[:, :h, :].transpose(0, 2, 1)  # (n, every served level, h)
+        answer = ForecastAnswer(
+            series_ids=query.series_ids,
+            forecast_ids=spans.new_ids(query.size),
+            timestamps=all_target_timestamps(query, config.freq),
+            timed=query.has_start,
+            points=outputs[:, :h, model.point_index],
+            quantiles=served[:, q_index, :],
+            scales=history_scales(query.values, query.lengths),
+            model=model,
+            batch_size=result.batch_size,
+            quantile_levels=query.quantiles,
+            variant=variant,
+        )
+        self._record(answer, started_ns, served)
+        return answer
 
-    def _record(
-        self,
-        forecasts: list[SeriesForecast],
-        model: LoadedModel,
-        variant: str,
-        batch_size: int,
-        started_ns: int,
-        outputs: np.ndarray,
-    ) -> None:
-        """One span per forecast, carrying what is needed to score it once actuals arrive.
+    def _record(self, answer: ForecastAnswer, started_ns: int, served: np.ndarray) -> None:
+        """Spans carrying what is needed to score each forecast once actuals arrive: one
+        per call (`canarycast.spans.record_forecasts`), its series as arrays.
 
-        ``outputs`` (series, horizon, quantiles): every quantile the model serves, so
-        the interval score can be judged whatever the caller asked for.
+        ``served`` (series, levels, horizon): every quantile the model serves, so the
+        interval score can be judged whatever the caller asked for.
         """
-        levels = model.config.quantiles
+        model = answer.model
         if self.metrics is not None:
-            self.metrics.forecasts.inc(len(forecasts))
-        for i, f in enumerate(forecasts):
-            spans.record_forecast(
-                self.tracer,
-                series_id=f.series_id,
-                forecast_id=f.forecast_id,
-                model_name=model.name,
-                model_version=model.version_id,
-                variant=variant,
-                point=f.point,
-                timestamps=f.timestamps,
-                scale=f.scale,
-                start_time=started_ns,
-                extra={spans.BATCH_SIZE: batch_size},
-                quantile_levels=levels,
-                quantiles=outputs[i].T,
-            )
+            self.metrics.forecasts.inc(len(answer.series_ids))
+        spans.record_forecasts(
+            self.tracer,
+            series_ids=answer.series_ids,
+            forecast_ids=answer.forecast_ids,
+            model_name=model.name,
+            model_version=model.version_id,
+            variant=answer.variant,
+            points=answer.points,
+            timestamps=answer.timestamps,
+            timed=answer.timed,
+            scales=answer.scales,
+            start_time=started_ns,
+            extra={spans.BATCH_SIZE: answer.batch_size},
+            quantile_levels=model.config.quantiles,
+            quantiles=served,
+        )
 
     def observe(self, observations: Sequence[Observation]) -> int:
-        """Validate observed values and acknowledge them (one span per series)."""
+        """Validate observed values and acknowledge them (one span per call)."""
         total = validate_observations(observations, self.limits)
-        for o in observations:
-            spans.record_observation(self.tracer, o.series_id, o.timestamps, o.values)
+        spans.record_observations(
+            self.tracer,
+            [o.series_id for o in observations],
+            np.concatenate([o.timestamps for o in observations]),
+            np.concatenate([o.values for o in observations]),
+            np.array([o.values.size for o in observations], dtype=np.int64),
+        )
         if self.metrics is not None:
             self.metrics.observed_points.inc(total)
         return total
+
+
+def _where(series_id: str) -> str:
+    return f"(series {series_id!r})"
 
 
 def deadline_from_remaining(remaining: float | None) -> float | None:

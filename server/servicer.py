@@ -24,43 +24,144 @@ from server.forecasting import (
     ForecastAnswer,
     Forecaster,
     ForecastQuery,
-    SeriesQuery,
     deadline_from_remaining,
 )
 from server.loader import LoadedModel
 
 
 def query_from_proto(request: pb.ForecastRequest) -> ForecastQuery:
-    series = [
-        SeriesQuery(
-            series_id=s.series_id,
-            history=np.asarray(s.history, dtype=np.float64),
-            start=timestamp_ns(s.start, f"series[{i}].start") if s.HasField("start") else None,
-            step=duration_ns(s.step, f"series[{i}].step") if s.HasField("step") else None,
-        )
-        for i, s in enumerate(request.series)
-    ]
-    return ForecastQuery(series, int(request.horizon), tuple(request.quantiles))
-
-
-def set_timestamps(target: Any, ns: np.ndarray) -> None:
-    """Fill a repeated Timestamp field from int64 nanoseconds."""
-    seconds, nanos = np.divmod(ns, NS_PER_S)
-    for s, n in zip(seconds.tolist(), nanos.tolist(), strict=True):
-        target.add(seconds=s, nanos=n)
+    """The request as arrays; a bad start or step is an `InvalidArgument` naming it."""
+    series = request.series
+    k = len(series)
+    histories = [np.asarray(s.history, dtype=np.float64) for s in series]
+    starts = np.zeros(k, dtype=np.int64)
+    steps = np.zeros(k, dtype=np.int64)
+    has_start = np.fromiter((s.HasField("start") for s in series), dtype=bool, count=k)
+    has_step = np.fromiter((s.HasField("step") for s in series), dtype=bool, count=k)
+    for i in np.flatnonzero(has_start).tolist():
+        starts[i] = timestamp_ns(series[i].start, f"series[{i}].start")
+    for i in np.flatnonzero(has_step).tolist():
+        steps[i] = duration_ns(series[i].step, f"series[{i}].step")
+    return ForecastQuery(
+        series_ids=[s.series_id for s in series],
+        values=np.concatenate(histories) if histories else np.zeros(0),
+        lengths=np.fromiter(map(len, histories), dtype=np.int64, count=k),
+        starts=starts,
+        has_start=has_start,
+        steps=steps,
+        has_step=has_step,
+        horizon=int(request.horizon),
+        quantiles=tuple(request.quantiles),
+    )
 
 
 def answer_to_proto(answer: ForecastAnswer) -> pb.ForecastResponse:
-    response = pb.ForecastResponse(model=model_ref(answer.model, answer.variant))
-    for f in answer.forecasts:
-        out = response.forecasts.add(
-            series_id=f.series_id, forecast_id=f.forecast_id, point=f.point.tolist()
-        )
-        if f.timestamps is not None:
-            set_timestamps(out.timestamps, f.timestamps)
-        for level, values in zip(answer.quantiles, f.quantiles, strict=True):
-            out.quantiles.add(quantile=level, values=values.tolist())
+    """The answer as a `ForecastResponse`, encoded in one pass over the arrays
+    (`encode_forecasts`) and parsed once, instead of a message and a Timestamp per step."""
+    response = pb.ForecastResponse.FromString(encode_forecasts(answer))
+    response.model.CopyFrom(model_ref(answer.model, answer.variant))
     return response
+
+
+# Protobuf wire format of `SeriesForecast` (forecast.proto): field number << 3 | wire type.
+_SERIES_ID, _FORECAST_ID, _TIMESTAMPS, _POINT, _QUANTILES = 0x0A, 0x12, 0x1A, 0x22, 0x2A
+_QUANTILE_LEVEL, _QUANTILE_VALUES = 0x09, 0x12  # QuantileForecast: double, packed doubles
+_SECONDS, _NANOS = 0x08, 0x10  # google.protobuf.Timestamp
+_RESPONSE_FORECASTS = 0x0A  # ForecastResponse.forecasts
+_VARINT_SHIFTS = np.arange(0, 64, 7, dtype=np.uint64)  # 10 groups of 7 bits
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        if n:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _varints(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Base-128 varints of int64 values (negative ones as their 64-bit two's complement,
+    as protobuf writes int64): (N, 10) bytes, left-aligned, and each one's length."""
+    u = values.astype(np.int64).astype(np.uint64)[:, None]
+    shifted = u >> _VARINT_SHIFTS[None, :]
+    lengths = np.maximum((shifted != 0).sum(axis=1), 1)
+    groups = (shifted & np.uint64(0x7F)).astype(np.uint8)
+    more = np.arange(_VARINT_SHIFTS.size)[None, :] < (lengths[:, None] - 1)
+    groups[more] |= 0x80
+    return groups, lengths
+
+
+def _timestamp_fields(ns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each int64 ns time as one encoded `timestamps` entry (tag, length, Timestamp):
+    the bytes of all entries in order, and each entry's length."""
+    seconds, nanos = np.divmod(ns.ravel(), NS_PER_S)
+    sec, sec_len = _varints(seconds)
+    nan, nan_len = _varints(nanos)
+    has_nanos = nanos != 0
+    body = 1 + sec_len + np.where(has_nanos, 1 + nan_len, 0)  # < 128: a one-byte length
+    m = seconds.size
+    cells = np.zeros((m, 24), dtype=np.uint8)
+    cells[:, 0], cells[:, 1], cells[:, 2] = _TIMESTAMPS, body, _SECONDS
+    cells[:, 3:13] = sec
+    cells[:, 13] = _NANOS
+    cells[:, 14:24] = nan
+    used = np.zeros((m, 24), dtype=bool)
+    used[:, :3] = True
+    slots = np.arange(10)[None, :]
+    used[:, 3:13] = slots < sec_len[:, None]
+    used[:, 13] = has_nanos
+    used[:, 14:24] = (slots < nan_len[:, None]) & has_nanos[:, None]
+    return cells[used], body + 2
+
+
+def encode_forecasts(answer: ForecastAnswer) -> bytes:
+    """`ForecastResponse.forecasts` of an answer as protobuf bytes (no `model`)."""
+    k, h = answer.points.shape
+    points = np.ascontiguousarray(answer.points, dtype="<f8").tobytes()
+    quantiles = np.ascontiguousarray(answer.quantiles, dtype="<f8").tobytes()
+    packed = _varint(_POINT) + _varint(8 * h) if h else b""
+    values_head = bytes([_QUANTILE_VALUES]) + _varint(8 * h)
+    level_heads = [
+        bytes([_QUANTILE_LEVEL]) + np.float64(q).astype("<f8").tobytes() + values_head
+        for q in answer.quantile_levels
+    ]
+    level_len = [_varint(len(head) + 8 * h) for head in level_heads]
+    stamps: list[bytes] = [b""] * k
+    if answer.timestamps is not None:
+        timed = np.flatnonzero(answer.timed)
+        if timed.size:
+            data, sizes = _timestamp_fields(answer.timestamps[timed])
+            ends = np.cumsum(sizes.reshape(timed.size, h).sum(axis=1)).tolist()
+            raw = data.tobytes()
+            start = 0
+            for i, end in zip(timed.tolist(), ends, strict=True):
+                stamps[i] = raw[start:end]
+                start = end
+    row, levels = 8 * h, len(level_heads)
+    parts: list[bytes] = []
+    for i in range(k):
+        sid = answer.series_ids[i].encode()
+        fid = answer.forecast_ids[i].encode()
+        pieces = [
+            bytes([_SERIES_ID]),
+            _varint(len(sid)),
+            sid,
+            bytes([_FORECAST_ID]),
+            _varint(len(fid)),
+            fid,
+            stamps[i],
+        ]
+        if h:
+            pieces += [packed, points[i * row : (i + 1) * row]]
+        for j in range(levels):
+            at = (i * levels + j) * row
+            pieces += [bytes([_QUANTILES]), level_len[j], level_heads[j], quantiles[at : at + row]]
+        body = b"".join(pieces)
+        parts += [bytes([_RESPONSE_FORECASTS]), _varint(len(body)), body]
+    return b"".join(parts)
 
 
 def model_ref(model: LoadedModel, variant: str) -> pb.ModelRef:

@@ -10,6 +10,8 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_serv
 
 from canarycast.client import ForecastClient, SeriesData
 from canarycast.processes import start_component
+from canarycast.spans import read_forecasts
+from router.spans_in import any_value
 from server.data import load_dataset
 from tests.conftest import MODEL, TrainedRegistry
 
@@ -65,9 +67,10 @@ def test_spans_reach_an_otlp_receiver(trained: TrainedRegistry) -> None:
     names = {s.name for s in spans}
     assert "canarycast.v1.Forecaster/Forecast" in names and "forecast" in names
     forecast = next(s for s in spans if s.name == "forecast")
-    attributes = {a.key: a.value for a in forecast.attributes}
-    assert attributes["canarycast.series_id"].string_value == "otlp-series"
-    assert len(attributes["canarycast.point"].array_value.values) == 4
+    attributes = {a.key: any_value(a.value) for a in forecast.attributes}
+    [row] = read_forecasts(attributes)  # the call's one series, as the analyzer reads it
+    assert row.series_id == "otlp-series"
+    assert len(row.point) == 4 and row.scale > 0
     resource = receiver.requests[0].resource_spans[0].resource
     service = {a.key: a.value.string_value for a in resource.attributes}["service.name"]
     assert service == "server-under-test"

@@ -16,6 +16,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from canarycast.spans import read_forecasts
 from canarycast.v1 import forecast_pb2 as pb
 from canarycast.v1 import forecast_pb2_grpc as pb_grpc
 from canarycast.validation import Limits
@@ -367,9 +368,10 @@ async def test_call_whose_deadline_passes_in_the_queue_is_not_computed(
         assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         assert len((await opener).forecasts) == 1
         computed = {
-            s.attributes["canarycast.series_id"]
+            row.series_id
             for s in r.spans.get_finished_spans()
             if s.name == "forecast"
+            for row in read_forecasts(s.attributes)
         }
         assert computed == {"s0"}
         dropped = r.server.metrics.dropped
@@ -390,16 +392,18 @@ async def test_spans_continue_the_callers_trace_and_carry_the_forecast(running: 
     assert call.context.trace_id == trace_id
     assert call.kind == trace.SpanKind.SERVER
     assert call.attributes["rpc.grpc.status_code"] == 0
-    forecasts = [s for s in spans if s.name == "forecast"]
-    assert len(forecasts) == 2
-    for s in forecasts:
-        assert s.context.trace_id == trace_id
-        assert s.parent is not None and s.parent.span_id == call.context.span_id
-        assert s.attributes["canarycast.model.name"] == MODEL
-        assert s.attributes["canarycast.variant"] == "stable"
-        assert len(s.attributes["canarycast.point"]) == 12
-        assert len(s.attributes["canarycast.target_timestamps"]) == 12
-        assert s.attributes["canarycast.scale"] > 0
+    # one span for the call, carrying both series as arrays
+    [s] = [s for s in spans if s.name == "forecast"]
+    assert s.context.trace_id == trace_id
+    assert s.parent is not None and s.parent.span_id == call.context.span_id
+    assert s.attributes["canarycast.model.name"] == MODEL
+    assert s.attributes["canarycast.variant"] == "stable"
+    rows = read_forecasts(s.attributes)
+    assert len(rows) == 2
+    for row in rows:
+        assert len(row.point) == 12 and len(row.timestamps) == 12
+        assert row.scale > 0
+        assert row.quantile_levels and len(row.quantiles[0]) == 12
     # a rejected call is traced with its status code, health checks are not traced
     running.spans.clear()
     with pytest.raises(grpc.aio.AioRpcError):
