@@ -222,6 +222,7 @@ def read_forecasts(attributes: Mapping[str, Any]) -> list[ForecastRow]:
     if levels and QUANTILE_VALUES in attributes:
         shape = (n, len(levels), horizon)
         quantiles = _shaped(unpack(attributes[QUANTILE_VALUES], "<f8"), shape, QUANTILE_VALUES)
+    # None: no recent history carried for that series (a count of 0 too)
     history: Iterator[tuple[tuple[int, ...], tuple[float, ...]] | None] = iter([None] * n)
     if HISTORY_COUNTS in attributes:
         counts = _shaped(unpack(attributes[HISTORY_COUNTS], "<i8"), (n,), HISTORY_COUNTS)
@@ -233,7 +234,7 @@ def read_forecasts(attributes: Mapping[str, Any]) -> list[ForecastRow]:
         t_list, v_list = h_times.tolist(), h_values.tolist()
         history = iter(
             [
-                (tuple(t_list[e - c : e]), tuple(v_list[e - c : e]))
+                (tuple(t_list[e - c : e]), tuple(v_list[e - c : e])) if c else None
                 for c, e in zip(counts.tolist(), ends, strict=True)
             ]
         )

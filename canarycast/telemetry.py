@@ -28,6 +28,8 @@ from prometheus_client import CollectorRegistry, start_http_server
 OTEL_EXPORTER_OTLP_ENDPOINT = "OTEL_EXPORTER_OTLP_ENDPOINT"
 #: Standard OTel variable naming the service in traces (default: the component name).
 OTEL_SERVICE_NAME = "OTEL_SERVICE_NAME"
+#: Standard OTel variable: spans per OTLP export (default here `spans.EXPORT_BATCH_SPANS`).
+OTEL_BSP_MAX_EXPORT_BATCH_SIZE = "OTEL_BSP_MAX_EXPORT_BATCH_SIZE"
 #: Log level of canarycast processes (DEBUG, INFO, WARNING, ERROR). Default INFO.
 CANARYCAST_LOG_LEVEL = "CANARYCAST_LOG_LEVEL"
 
@@ -73,7 +75,14 @@ def configure_tracing(service_name: str) -> TracerProvider:
     if os.environ.get(OTEL_EXPORTER_OTLP_ENDPOINT):
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
-        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+        from canarycast.spans import EXPORT_BATCH_SPANS
+
+        # A forecast span carries up to SERIES_PER_SPAN series: batches of 64 stay well
+        # under a Collector's default 4 MiB per export (the SDK's default is 512 spans).
+        batch = int(os.environ.get(OTEL_BSP_MAX_EXPORT_BATCH_SIZE) or EXPORT_BATCH_SPANS)
+        provider.add_span_processor(
+            BatchSpanProcessor(OTLPSpanExporter(), max_export_batch_size=batch)
+        )
     trace.set_tracer_provider(provider)
     return provider
 

@@ -50,6 +50,27 @@ def history_scale(history: np.ndarray) -> float:
     return float(np.mean(np.abs(np.diff(history))))
 
 
+def history_scales(values: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Mean absolute one-step change of each concatenated history (0 below two values):
+    the error scale of a series, as in MASE (`history_scale`, for a whole call)."""
+    n = lengths.size
+    scales = np.zeros(n, dtype=np.float64)
+    if values.size < 2:
+        return scales
+    steps = np.abs(np.diff(values))
+    ends = np.cumsum(lengths)
+    inner = ends[:-1][lengths[:-1] > 0] - 1  # the step from one history into the next
+    steps[inner[inner < steps.size]] = 0.0
+    starts = ends - lengths
+    ok = lengths >= 2
+    if ok.any():
+        sums = np.add.reduceat(steps, np.minimum(starts[ok], steps.size - 1))
+        # reduceat sums up to the next index given; the last one runs to the end, where
+        # the only steps left are the last series' own (or zeros at boundaries).
+        scales[ok] = sums / (lengths[ok] - 1)
+    return scales
+
+
 def validate_observations(observations: Sequence[Observation], limits: Limits) -> int:
     """Check an Observe call; returns the number of points it carries."""
     if not observations:

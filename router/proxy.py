@@ -24,7 +24,6 @@ import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any
 
 import grpc
 import numpy as np
@@ -37,7 +36,8 @@ from canarycast.headers import VARIANT_HEADER, requested_variant
 from canarycast.interceptors import decode_request
 from canarycast.messages import NS_PER_S, observations_from_proto
 from canarycast.v1 import forecast_pb2 as pb
-from canarycast.validation import Limits, history_scale, validate_observations
+from canarycast.validation import Limits, history_scales, validate_observations
+from router import wire
 from router.backends import BackendPool, Metadata, Replica
 from router.metrics import RouterMetrics
 from router.mirror import MirrorJob, MirrorQueue
@@ -112,9 +112,10 @@ class Router:
     # -- Forecaster --
 
     async def forecast(self, raw: bytes, metadata: Metadata, remaining: float | None) -> bytes:
-        request = decode_request(pb.ForecastRequest.FromString, raw)
+        """Route and forward; only the routing key is read from the request (decoding it
+        and writing the forecast spans happen after the answer has left, in `record`)."""
+        key = wire.first_series_id(raw)
         forced = self._forced(metadata)
-        key = request.series[0].series_id if request.series else None
         decision = decide(self._policy, key, forced, self._rng.random(), self._rng.random())
         carrier: dict[str, str] = {}
         propagate.inject(carrier)
@@ -137,10 +138,10 @@ class Router:
         call_id = secrets.token_hex(8)
         context = contextvars.copy_context()
         asyncio.get_running_loop().call_soon(
-            self.record, request, answer, variant, call_id, False, context=context
+            self._record_raw, raw, answer, variant, call_id, False, context=context
         )
         if decision.mirror is not None and decision.mirror != variant:
-            self._mirror(decision.mirror, raw, request, trace_md, call_id, context)
+            self._mirror(decision.mirror, raw, trace_md, call_id, context)
         return response
 
     async def get_model(self, raw: bytes, metadata: Metadata, remaining: float | None) -> bytes:
@@ -163,8 +164,13 @@ class Router:
                 await self.observations.append_async(observations)
             except StoreError as exc:
                 raise Unavailable(f"observations not stored: {exc}") from exc
-        for o in observations:
-            spans.record_observation(self.tracer, o.series_id, o.timestamps, o.values)
+        spans.record_observations(
+            self.tracer,
+            [o.series_id for o in observations],
+            np.concatenate([o.timestamps for o in observations]),
+            np.concatenate([o.values for o in observations]),
+            np.array([o.values.size for o in observations], dtype=np.int64),
+        )
         self.metrics.observed_points.inc(total)
         return bytes(pb.ObserveResponse(accepted_points=total).SerializeToString())
 
@@ -239,7 +245,6 @@ class Router:
         self,
         variant: str,
         raw: bytes,
-        request: pb.ForecastRequest,
         trace_md: list[tuple[str, str]],
         call_id: str,
         context: contextvars.Context,
@@ -260,10 +265,20 @@ class Router:
                 return
             self.metrics.mirrored.labels(variant, "OK").inc()
             answer = pb.ForecastResponse.FromString(response)
-            context.run(self.record, request, answer, variant, call_id, True)
+            context.run(self._record_raw, raw, answer, variant, call_id, True)
 
         self.mirror.offer(MirrorJob(variant, run))
         self.metrics.mirror_queue.set(self.mirror.depth)
+
+    def _record_raw(
+        self, raw: bytes, answer: pb.ForecastResponse, variant: str, call_id: str, mirrored: bool
+    ) -> None:
+        """`record` from the request's bytes; off the answer's path, so it never raises."""
+        try:
+            request = pb.ForecastRequest.FromString(raw)
+            self.record(request, answer, variant, call_id, mirrored)
+        except Exception:  # a span that cannot be written must not fail a delivered call
+            log.exception("forecast_record_failed", variant=variant, call_id=call_id)
 
     def record(
         self,
@@ -273,29 +288,57 @@ class Router:
         call_id: str,
         mirrored: bool,
     ) -> None:
-        """One `forecast` span per series of an answer, for the canary analysis."""
-        inputs = {s.series_id: s for s in request.series}
-        for f in answer.forecasts:
-            series = inputs.get(f.series_id)
-            history = np.asarray(series.history if series else (), dtype=np.float64)
-            targets = [t.seconds * NS_PER_S + t.nanos for t in f.timestamps]
-            extra: dict[str, Any] = {spans.CALL_ID: call_id, spans.SHADOW: mirrored}
-            if not mirrored and series is not None:
-                extra.update(_recent_history(series, history, targets))
-            spans.record_forecast(
-                self.tracer,
-                series_id=f.series_id,
-                forecast_id=f.forecast_id,
-                model_name=answer.model.name,
-                model_version=answer.model.version,
-                variant=variant,
-                point=f.point,
-                timestamps=targets,
-                scale=history_scale(history),
-                extra=extra,
-                quantile_levels=[q.quantile for q in f.quantiles],
-                quantiles=np.asarray([q.values for q in f.quantiles], dtype=np.float64),
-            )
+        """The `forecast` spans of an answer (one per call, its series as arrays)."""
+        forecasts = answer.forecasts
+        k = len(forecasts)
+        if not k:
+            return
+        h = len(forecasts[0].point)
+        ids = [f.series_id for f in forecasts]
+        points = np.array([f.point for f in forecasts], dtype=np.float64).reshape(k, h)
+        counts = np.fromiter((len(f.timestamps) for f in forecasts), dtype=np.int64, count=k)
+        timed = counts > 0
+        if not np.isin(counts, (0, h)).all():
+            raise ValueError("an answer's forecasts disagree on their number of timestamps")
+        times = np.zeros((k, h), dtype=np.int64)
+        if timed.any():
+            flat = [t.seconds * NS_PER_S + t.nanos for f in forecasts for t in f.timestamps]
+            times[timed] = np.array(flat, dtype=np.int64).reshape(-1, h)
+        # Each answered series' history, by id (the answer keeps the request's order).
+        position = {s.series_id: i for i, s in enumerate(request.series)}
+        inputs = [request.series[position[x]] if x in position else None for x in ids]
+        histories = [
+            np.asarray(s.history if s is not None else (), dtype=np.float64) for s in inputs
+        ]
+        values = np.concatenate(histories)
+        lengths = np.fromiter(map(len, histories), dtype=np.int64, count=k)
+        levels = [q.quantile for q in forecasts[0].quantiles]
+        quantiles = None
+        if levels:
+            quantiles = np.array(
+                [[q.values for q in f.quantiles] for f in forecasts], dtype=np.float64
+            ).reshape(k, len(levels), h)
+        recent: dict[str, np.ndarray] = {}
+        if not mirrored:
+            recent = _recent_history(inputs, values, lengths, times, timed)
+        spans.record_forecasts(
+            self.tracer,
+            series_ids=ids,
+            forecast_ids=[f.forecast_id for f in forecasts],
+            model_name=answer.model.name,
+            model_version=answer.model.version,
+            variant=variant,
+            points=points,
+            timestamps=times if timed.any() else None,
+            timed=timed,
+            scales=history_scales(values, lengths),
+            extra={spans.CALL_ID: call_id, spans.SHADOW: mirrored},
+            quantile_levels=levels,
+            quantiles=quantiles,
+            history_counts=recent.get("counts"),
+            history_times=recent.get("times"),
+            history_values=recent.get("values"),
+        )
 
 
 #: How many of the latest history values a forecast span carries as implicit actuals.
@@ -303,21 +346,35 @@ RECENT_HISTORY = 48
 
 
 def _recent_history(
-    series: pb.SeriesInput, history: np.ndarray, targets: Sequence[int]
-) -> dict[str, Any]:
-    """The last values of a history with their times, when those times are known exactly:
-    a start was given and the answer's targets continue the history at a fixed step."""
-    n = history.size
-    if not series.HasField("start") or not targets or n == 0:
-        return {}
-    start = series.start.seconds * NS_PER_S + series.start.nanos
-    step, remainder = divmod(targets[0] - start, n)
-    fixed = len(targets) < 2 or targets[1] - targets[0] == step
-    if step <= 0 or remainder or not fixed:
-        return {}  # a calendar step (months): times are not evenly spaced
-    k = min(n, RECENT_HISTORY)
-    first = n - k
+    inputs: Sequence[pb.SeriesInput | None],
+    values: np.ndarray,
+    lengths: np.ndarray,
+    targets: np.ndarray,
+    timed: np.ndarray,
+) -> dict[str, np.ndarray]:
+    """The last values of each history with their times, where those times are known
+    exactly: a start was given and the answer's targets continue the history at a fixed
+    step (a calendar step, months, is not evenly spaced: no times for that series)."""
+    k, h = targets.shape
+    starts = np.zeros(k, dtype=np.int64)
+    has_start = np.zeros(k, dtype=bool)
+    for i, s in enumerate(inputs):
+        if s is not None and s.HasField("start"):
+            has_start[i] = True
+            starts[i] = s.start.seconds * NS_PER_S + s.start.nanos
+    n = np.maximum(lengths, 1)
+    step, remainder = np.divmod(targets[:, 0] - starts, n)
+    fixed = targets[:, 1] - targets[:, 0] == step if h >= 2 else np.ones(k, dtype=bool)
+    ok = has_start & timed & (lengths > 0) & (step > 0) & (remainder == 0) & fixed
+    counts = np.where(ok, np.minimum(lengths, RECENT_HISTORY), 0)
+    total = int(counts.sum())
+    owner = np.repeat(np.arange(k), counts)
+    # j-th recent value of a series: history index n - count + j
+    j = np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)
+    index = lengths[owner] - counts[owner] + j
+    ends = np.cumsum(lengths)
     return {
-        spans.HISTORY_TIMESTAMPS: [start + (first + i) * step for i in range(k)],
-        spans.HISTORY_VALUES: [float(v) for v in history[first:]],
+        "counts": counts,
+        "times": starts[owner] + index * step[owner],
+        "values": values[ends[owner] - lengths[owner] + index],
     }

@@ -27,6 +27,7 @@ from canarycast.errors import InvalidArgument, Unavailable
 from canarycast.validation import (
     Limits,
     Observation,
+    history_scales,
     validate_observations,
 )
 from server.batching import DynamicBatcher
@@ -138,27 +139,6 @@ def all_target_timestamps(query: ForecastQuery, freq: str) -> np.ndarray | None:
     for i in np.flatnonzero(calendar):  # calendar steps (months): pandas, series by series
         times[i] = target_timestamps(int(query.starts[i]), int(query.lengths[i]), h, None, freq)
     return times.astype(np.int64, copy=False)
-
-
-def history_scales(values: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """Mean absolute one-step change of each concatenated history (0 below two values):
-    the error scale of a series, as in MASE (`canarycast.validation.history_scale`)."""
-    n = lengths.size
-    scales = np.zeros(n, dtype=np.float64)
-    if values.size < 2:
-        return scales
-    steps = np.abs(np.diff(values))
-    ends = np.cumsum(lengths)
-    inner = ends[:-1][lengths[:-1] > 0] - 1  # the step from one history into the next
-    steps[inner[inner < steps.size]] = 0.0
-    starts = ends - lengths
-    ok = lengths >= 2
-    if ok.any():
-        sums = np.add.reduceat(steps, np.minimum(starts[ok], steps.size - 1))
-        # reduceat sums up to the next index given; the last one runs to the end, where
-        # the only steps left are the last series' own (or zeros at boundaries).
-        scales[ok] = sums / (lengths[ok] - 1)
-    return scales
 
 
 #: Timestamps pandas can hold (int64 ns, one step inside the ends).

@@ -199,26 +199,25 @@ async def test_dual_run_records_both_variants_and_returns_only_the_chosen(
             recorded["stable"].attributes[spans.CALL_ID]
             == recorded["canary"].attributes[spans.CALL_ID]
         )
-        for s in recorded.values():
-            assert s.attributes[spans.SERIES_ID] == "paired"
-            assert (
-                s.attributes[spans.TARGET_TIMESTAMPS]
-                == recorded["stable"].attributes[spans.TARGET_TIMESTAMPS]
-            )
-            assert s.attributes[spans.SCALE] > 0
+        rows = {v: spans.read_forecasts(s.attributes) for v, s in recorded.items()}
+        for [row] in rows.values():  # one series in the call: one row in each span
+            assert row.series_id == "paired"
+            assert row.timestamps == rows["stable"][0].timestamps
+            assert row.scale > 0
         # the answered forecast carries its recent history as implicit actuals; the copy does not
-        history_ts = recorded["stable"].attributes[spans.HISTORY_TIMESTAMPS]
+        [stable], [canary] = rows["stable"], rows["canary"]
         expected = (
             SERIES.timestamps[1000 : 1000 + LOOKBACK].astype("datetime64[ns]").astype(np.int64)
         )
-        assert list(history_ts) == expected.tolist()
-        assert list(recorded["stable"].attributes[spans.HISTORY_VALUES]) == pytest.approx(
+        assert stable.history_timestamps is not None and stable.history_values is not None
+        assert list(stable.history_timestamps) == expected.tolist()
+        assert list(stable.history_values) == pytest.approx(
             SERIES.values[1000 : 1000 + LOOKBACK].tolist()
         )
-        assert spans.HISTORY_TIMESTAMPS not in recorded["canary"].attributes
+        assert canary.history_timestamps is None
         returned = list(answer.forecasts[0].point)
-        assert list(recorded["stable"].attributes[spans.POINT]) == pytest.approx(returned)
-        assert list(recorded["canary"].attributes[spans.POINT]) != pytest.approx(returned)
+        assert list(stable.point) == pytest.approx(returned)
+        assert list(canary.point) != pytest.approx(returned)
         mirrored = c.router.metrics.mirrored.labels("canary", "OK")._value.get()
         assert mirrored == 1
     finally:
@@ -326,8 +325,9 @@ async def test_observe_is_validated_and_recorded_even_with_every_backend_down(
         ok = await c.stub.Observe(pb.ObserveRequest(observations=[obs]))
         assert ok.accepted_points == 2
         [recorded] = [s for s in c.router_spans.get_finished_spans() if s.name == "observe"]
-        assert list(recorded.attributes[spans.VALUES]) == [1.0, 2.0]
-        assert list(recorded.attributes[spans.TIMESTAMPS]) == [100 * 10**9, 200 * 10**9]
+        assert spans.read_observations(recorded.attributes) == [
+            ("a", (100 * 10**9, 200 * 10**9), (1.0, 2.0))
+        ]
         bad = pb.SeriesObservation(
             series_id="a", values=[float("inf")], timestamps=[{"seconds": 1}]
         )

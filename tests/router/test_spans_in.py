@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from dataclasses import replace
 
 import numpy as np
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
@@ -316,3 +317,161 @@ def test_a_later_calls_history_scores_an_earlier_forecast_without_observe() -> N
     # stable: |10-10| and |12-11|; canary: |10-10.5| and |12-11.5|
     assert evidence.row_means().tolist() == [[0.0, 0.5], [1.0, 0.5]]
     processor.shutdown()
+
+
+class RecordingAnalyzer(Analyzer):
+    """Keeps every record it is fed, in order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[object] = []
+
+    def add_forecast(self, record: ForecastRecord) -> None:
+        self.seen.append(record)
+        super().add_forecast(record)
+
+    def add_observation(self, record: ObservationRecord) -> None:
+        self.seen.append(record)
+        super().add_observation(record)
+
+
+def _call_of_many_series(rng: np.random.Generator, k: int) -> dict[str, object]:
+    """A routed call's forecasts of `k` series: some untimed, some with recent history."""
+    h, levels = 4, (0.1, 0.5, 0.9)
+    timed = rng.random(k) < 0.8
+    times = T0 + S * (np.arange(k)[:, None] * 10 + np.arange(h)[None, :])
+    counts = np.where(timed & (rng.random(k) < 0.7), rng.integers(1, 6, k), 0)
+    total = int(counts.sum())
+    return {
+        "series_ids": [f"series-{i}" for i in range(k)],
+        "forecast_ids": [f"f{i}" for i in range(k)],
+        "points": rng.normal(size=(k, h)),
+        "timestamps": np.where(timed[:, None], times, 0),
+        "timed": timed,
+        "scales": rng.random(k) + 0.1,
+        "quantiles": rng.normal(size=(k, len(levels), h)),
+        "quantile_levels": levels,
+        "history_counts": counts,
+        "history_times": T0 - S * np.arange(total, 0, -1),
+        "history_values": rng.normal(size=total),
+    }
+
+
+def _emit_old_shape(tracer: Tracer, call: dict[str, object], extra: dict[str, object]) -> None:
+    """The same forecasts, one span per series (what servers and routers wrote before)."""
+    c: dict[str, np.ndarray] = call  # type: ignore[assignment]
+    ends = np.cumsum(c["history_counts"])
+    for i, sid in enumerate(c["series_ids"]):
+        more = dict(extra)
+        n = int(c["history_counts"][i])
+        if n:
+            more[spans.HISTORY_TIMESTAMPS] = c["history_times"][ends[i] - n : ends[i]].tolist()
+            more[spans.HISTORY_VALUES] = c["history_values"][ends[i] - n : ends[i]].tolist()
+        spans.record_forecast(
+            tracer,
+            series_id=sid,
+            forecast_id=c["forecast_ids"][i],
+            model_name="temps",
+            model_version="v1",
+            variant="stable",
+            point=c["points"][i],
+            timestamps=c["timestamps"][i] if c["timed"][i] else None,
+            scale=float(c["scales"][i]),
+            extra=more,  # type: ignore[arg-type]
+            quantile_levels=c["quantile_levels"],
+            quantiles=c["quantiles"][i],
+        )
+
+
+def _emit_new_shape(tracer: Tracer, call: dict[str, object], extra: dict[str, object]) -> None:
+    c: dict[str, np.ndarray] = call  # type: ignore[assignment]
+    counts = c["history_counts"]
+    spans.record_forecasts(
+        tracer,
+        model_name="temps",
+        model_version="v1",
+        variant="stable",
+        extra=extra,  # type: ignore[arg-type]
+        **{**c, "history_counts": counts},  # type: ignore[arg-type]
+    )
+
+
+async def test_many_series_spans_give_the_analyzer_exactly_what_one_series_spans_did() -> None:
+    """One span per call (and per 16 series) instead of one per series: the analyzer gets
+    the same records in the same order, in process and over OTLP, and the same evidence."""
+    rng = np.random.default_rng(7)
+    calls = [_call_of_many_series(rng, k) for k in (1, 5, 16, 17, 40)]
+    actuals = (
+        ("series-3", [T0 + 30 * S + i * S for i in range(4)], [0.5, 1.0, 1.5, 2.0]),
+        ("series-0", [T0 + i * S for i in range(4)], [1.0, 2.0, 3.0, 4.0]),
+    )
+
+    def emit(tracer: Tracer, shape: str) -> None:
+        for n, call in enumerate(calls):
+            extra = {spans.CALL_ID: f"call-{n}", spans.SHADOW: False}
+            (_emit_new_shape if shape == "new" else _emit_old_shape)(tracer, call, extra)
+        ids = [a[0] for a in actuals]
+        if shape == "new":
+            counts = np.array([len(a[1]) for a in actuals])
+            times = np.concatenate([a[1] for a in actuals])
+            values = np.concatenate([a[2] for a in actuals])
+            spans.record_observations(tracer, ids, times, values, counts)
+        else:
+            for series_id, times, values in actuals:
+                spans.record_observation(tracer, series_id, times, values)
+
+    analyzers: dict[str, RecordingAnalyzer] = {}
+    for shape in ("old", "new"):
+        analyzer = RecordingAnalyzer()
+        processor = AnalyzerSpanProcessor(analyzer)
+        provider = TracerProvider()
+        provider.add_span_processor(processor)
+        emit(provider.get_tracer("test"), shape)
+        assert processor.force_flush() and processor.dropped == 0
+        provider.shutdown()
+        analyzers[shape] = analyzer
+    remote = RecordingAnalyzer()
+    server, port = await serve_otlp_receiver(remote)
+    provider = TracerProvider()
+    provider.add_span_processor(
+        BatchSpanProcessor(OTLPSpanExporter(endpoint=f"127.0.0.1:{port}", insecure=True))
+    )
+    try:
+        emit(provider.get_tracer("test"), "new")
+        assert await asyncio.to_thread(provider.force_flush)
+    finally:
+        await asyncio.to_thread(provider.shutdown)
+        await server.stop(None)
+    old, new = analyzers["old"], analyzers["new"]
+    assert len(old.seen) == sum(len(c["series_ids"]) for c in calls) + 2 + sum(  # type: ignore[arg-type]
+        int((c["history_counts"] > 0).sum())
+        for c in calls  # type: ignore[operator]
+    )
+    assert new.seen == old.seen
+    assert remote.seen == old.seen
+    for analyzer in (new, remote):
+        assert replace(analyzer.stats(), last_span_at=None) == replace(
+            old.stats(), last_span_at=None
+        )
+        ours, theirs = old.evidence(0.0), analyzer.evidence(0.0)
+        np.testing.assert_array_equal(ours.steps, theirs.steps)
+    assert old.stats().scored  # the check compares something
+
+
+def test_a_malformed_many_series_span_is_dropped_and_said() -> None:
+    good = {
+        spans.SERIES_IDS: ["a", "b"],
+        spans.FORECAST_IDS: ["f1", "f2"],
+        spans.VARIANT: "stable",
+        spans.HORIZON: 2,
+        spans.POINTS: spans.pack(np.zeros(4), "<f8"),
+        spans.SCALES: spans.pack(np.ones(2), "<f8"),
+    }
+    assert len(records_from_span(spans.FORECAST_SPAN, good, 0, 0, 0)) == 2
+    for broken in (
+        {spans.POINTS: spans.pack(np.zeros(3), "<f8")},  # sizes disagree
+        {spans.POINTS: "not base64!"},
+        {spans.FORECAST_IDS: ["f1"]},
+        {spans.SCALES: [1.0, 1.0]},  # a list where a packed array belongs
+    ):
+        assert records_from_span(spans.FORECAST_SPAN, {**good, **broken}, 0, 0, 0) == []

@@ -10,14 +10,13 @@ import pytest
 
 from canarycast.errors import InvalidArgument
 from canarycast.v1 import forecast_pb2 as pb
-from canarycast.validation import Limits, history_scale
+from canarycast.validation import Limits, history_scale, history_scales
 from server.forecasting import (
     NS_PER_S,
     ForecastAnswer,
     Forecaster,
     ForecastQuery,
     all_target_timestamps,
-    history_scales,
     target_timestamps,
     times_out_of_range,
 )
