@@ -13,6 +13,7 @@ a window the model never saw during training is not one we want to serve.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -115,6 +116,7 @@ def target_timestamps(start: int, n: int, horizon: int, step: int | None, freq: 
     return np.asarray(index[n:].as_unit("ns").asi8, dtype=np.int64)
 
 
+@functools.lru_cache(maxsize=64)
 def fixed_step(freq: str) -> int | None:
     """ns of one step of `freq` when it has a fixed length (hours, days); None for months."""
     offset = pd.tseries.frequencies.to_offset(freq)

@@ -55,11 +55,38 @@ def query_from_proto(request: pb.ForecastRequest) -> ForecastQuery:
     )
 
 
+#: Forecast values (series x steps) up to which building the answer field by field is
+#: cheaper than encoding it in one pass (measured: 22 us against 56 us for one series of
+#: 24 steps; 1.8 ms against 0.3 ms for 64 series).
+SMALL_ANSWER = 96
+
+
 def answer_to_proto(answer: ForecastAnswer) -> pb.ForecastResponse:
-    """The answer as a `ForecastResponse`, encoded in one pass over the arrays
-    (`encode_forecasts`) and parsed once, instead of a message and a Timestamp per step."""
-    response = pb.ForecastResponse.FromString(encode_forecasts(answer))
+    """The answer as a `ForecastResponse`: small ones field by field, larger ones encoded
+    in one pass over the arrays (`encode_forecasts`) and parsed once, instead of a
+    message and a Timestamp per step. Both give the same message."""
+    if answer.points.size <= SMALL_ANSWER:
+        response = build_forecasts(answer)
+    else:
+        response = pb.ForecastResponse.FromString(encode_forecasts(answer))
     response.model.CopyFrom(model_ref(answer.model, answer.variant))
+    return response
+
+
+def build_forecasts(answer: ForecastAnswer) -> pb.ForecastResponse:
+    """`ForecastResponse.forecasts` built field by field (a Timestamp message per step)."""
+    response = pb.ForecastResponse()
+    timed = answer.timed.tolist()
+    for i, sid in enumerate(answer.series_ids):
+        out = response.forecasts.add(
+            series_id=sid, forecast_id=answer.forecast_ids[i], point=answer.points[i].tolist()
+        )
+        if answer.timestamps is not None and timed[i]:
+            seconds, nanos = np.divmod(answer.timestamps[i], NS_PER_S)
+            for sec, nano in zip(seconds.tolist(), nanos.tolist(), strict=True):
+                out.timestamps.add(seconds=sec, nanos=nano)
+        for j, level in enumerate(answer.quantile_levels):
+            out.quantiles.add(quantile=level, values=answer.quantiles[i, j].tolist())
     return response
 
 
@@ -84,13 +111,16 @@ def _varint(n: int) -> bytes:
 
 def _varints(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Base-128 varints of int64 values (negative ones as their 64-bit two's complement,
-    as protobuf writes int64): (N, 10) bytes, left-aligned, and each one's length."""
-    u = values.astype(np.int64).astype(np.uint64)[:, None]
-    shifted = u >> _VARINT_SHIFTS[None, :]
+    as protobuf writes int64): (N, G) bytes, left-aligned, G the longest one's length,
+    and each one's length."""
+    u = values.astype(np.int64).astype(np.uint64)
+    top = int(u.max()) if u.size else 0
+    shifts = _VARINT_SHIFTS[: max(1, -(-top.bit_length() // 7))]
+    shifted = u[:, None] >> shifts[None, :]
     lengths = np.maximum((shifted != 0).sum(axis=1), 1)
     groups = (shifted & np.uint64(0x7F)).astype(np.uint8)
-    more = np.arange(_VARINT_SHIFTS.size)[None, :] < (lengths[:, None] - 1)
-    groups[more] |= 0x80
+    if shifts.size > 1:
+        groups[np.arange(shifts.size)[None, :] < (lengths[:, None] - 1)] |= 0x80
     return groups, lengths
 
 
@@ -99,21 +129,26 @@ def _timestamp_fields(ns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     the bytes of all entries in order, and each entry's length."""
     seconds, nanos = np.divmod(ns.ravel(), NS_PER_S)
     sec, sec_len = _varints(seconds)
+    m, width = sec.shape
+    if not nanos.any() and (sec_len == width).all():  # the usual case: whole seconds, one size
+        cells = np.empty((m, 3 + width), dtype=np.uint8)
+        cells[:, 0], cells[:, 1], cells[:, 2] = _TIMESTAMPS, 1 + width, _SECONDS
+        cells[:, 3:] = sec
+        return cells.ravel(), np.full(m, 3 + width)
     nan, nan_len = _varints(nanos)
     has_nanos = nanos != 0
     body = 1 + sec_len + np.where(has_nanos, 1 + nan_len, 0)  # < 128: a one-byte length
-    m = seconds.size
-    cells = np.zeros((m, 24), dtype=np.uint8)
+    ns_width = nan.shape[1]
+    cells = np.zeros((m, 4 + width + ns_width), dtype=np.uint8)
     cells[:, 0], cells[:, 1], cells[:, 2] = _TIMESTAMPS, body, _SECONDS
-    cells[:, 3:13] = sec
-    cells[:, 13] = _NANOS
-    cells[:, 14:24] = nan
-    used = np.zeros((m, 24), dtype=bool)
+    cells[:, 3 : 3 + width] = sec
+    cells[:, 3 + width] = _NANOS
+    cells[:, 4 + width :] = nan
+    used = np.zeros(cells.shape, dtype=bool)
     used[:, :3] = True
-    slots = np.arange(10)[None, :]
-    used[:, 3:13] = slots < sec_len[:, None]
-    used[:, 13] = has_nanos
-    used[:, 14:24] = (slots < nan_len[:, None]) & has_nanos[:, None]
+    used[:, 3 : 3 + width] = np.arange(width)[None, :] < sec_len[:, None]
+    used[:, 3 + width] = has_nanos
+    used[:, 4 + width :] = (np.arange(ns_width)[None, :] < nan_len[:, None]) & has_nanos[:, None]
     return cells[used], body + 2
 
 
