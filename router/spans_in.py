@@ -88,29 +88,26 @@ def records_from_span(
 
 def _forecasts(attributes: Mapping[str, Any]) -> list[Record]:
     """Each series' forecast, followed by its implicit actuals when the span has them."""
-    call_id = attributes.get(spans.CALL_ID)
-    common = {
-        "call_id": None if call_id is None else str(call_id),
-        "variant": str(attributes[spans.VARIANT]),
-        "model_version": str(attributes.get(spans.MODEL_VERSION, "")),
-        "shadow": bool(attributes.get(spans.SHADOW, False)),
-    }
+    raw_call_id = attributes.get(spans.CALL_ID)
+    call_id = None if raw_call_id is None else str(raw_call_id)
+    variant = str(attributes[spans.VARIANT])
+    model_version = str(attributes.get(spans.MODEL_VERSION, ""))
+    shadow = bool(attributes.get(spans.SHADOW, False))
     records: list[Record] = []
     for row in spans.read_forecasts(attributes):
-        quantiles = (
-            {"quantile_levels": row.quantile_levels, "quantiles": row.quantiles}
-            if row.quantile_levels
-            else {}
-        )
         records.append(
             ForecastRecord(
                 series_id=row.series_id,
                 forecast_id=row.forecast_id,
+                call_id=call_id,
+                variant=variant,
+                model_version=model_version,
                 timestamps=row.timestamps,
                 point=row.point,
                 scale=row.scale,
-                **common,
-                **quantiles,
+                shadow=shadow,
+                quantile_levels=row.quantile_levels,
+                quantiles=row.quantiles,
             )
         )
         if row.history_timestamps is not None and row.history_values is not None:
