@@ -79,7 +79,8 @@ def configure_tracing(service_name: str) -> TracerProvider:
 
         # A forecast span carries up to SERIES_PER_SPAN series: batches of 64 stay well
         # under a Collector's default 4 MiB per export (the SDK's default is 512 spans).
-        batch = int(os.environ.get(OTEL_BSP_MAX_EXPORT_BATCH_SIZE) or EXPORT_BATCH_SPANS)
+        given = os.environ.get(OTEL_BSP_MAX_EXPORT_BATCH_SIZE, "")
+        batch = int(given) if given.isdigit() and int(given) > 0 else EXPORT_BATCH_SPANS
         provider.add_span_processor(
             BatchSpanProcessor(OTLPSpanExporter(), max_export_batch_size=batch)
         )
