@@ -386,3 +386,46 @@ async def test_a_failed_call_is_counted_against_the_variant_that_failed(cluster:
     [call] = await ended(cluster.router_spans, lambda s: s.name == RPC_SPAN)
     assert call.attributes[spans.VARIANT] == "canary"
     assert call.attributes["rpc.grpc.status_code"] == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+
+
+def test_record_writes_each_series_of_a_call_as_the_old_per_series_spans_did() -> None:
+    """`Router.record` over a call of several series: per-series times, scales and recent
+    history (where the times continue the history at a fixed step) as before."""
+    from canarycast.validation import history_scale
+    from router.proxy import RECENT_HISTORY, Router
+
+    provider, exporter = tracer_provider()
+    hour = 3600 * 10**9
+    t0 = 1_262_304_000 * 10**9
+    rng = np.random.default_rng(3)
+    histories = {"long": rng.normal(size=60), "untimed": rng.normal(size=5), "short": [2.0]}
+    request = pb.ForecastRequest(horizon=3, quantiles=[0.1, 0.9])
+    answer = pb.ForecastResponse(model=pb.ModelRef(name="m", version="v1"))
+    for sid, history in histories.items():
+        series = request.series.add(series_id=sid, history=list(history))
+        f = answer.forecasts.add(series_id=sid, forecast_id=f"f-{sid}", point=[1.0, 2.0, 3.0])
+        for q in (0.1, 0.9):
+            f.quantiles.add(quantile=q, values=[q, q, q])
+        if sid != "untimed":
+            series.start.FromNanoseconds(t0)
+            for j in range(3):
+                f.timestamps.add().FromNanoseconds(t0 + (len(history) + j) * hour)
+    router = Router.__new__(Router)  # only its tracer is needed to record
+    router.tracer = provider.get_tracer("test")
+    router.record(request, answer, "stable", "call-1", False)
+    [span] = [s for s in exporter.get_finished_spans() if s.name == "forecast"]
+    assert span.attributes is not None
+    assert span.attributes[spans.CALL_ID] == "call-1"
+    rows = {row.series_id: row for row in spans.read_forecasts(span.attributes)}
+    for sid, history in histories.items():
+        row, n = rows[sid], len(history)
+        assert row.forecast_id == f"f-{sid}" and row.point == (1.0, 2.0, 3.0)
+        assert row.scale == pytest.approx(history_scale(np.asarray(history)))
+        assert row.quantiles == ((0.1,) * 3, (0.9,) * 3)
+        if sid == "untimed":
+            assert row.timestamps == () and row.history_timestamps is None
+            continue
+        assert row.timestamps == tuple(t0 + (n + j) * hour for j in range(3))
+        k = min(n, RECENT_HISTORY)
+        assert row.history_timestamps == tuple(t0 + i * hour for i in range(n - k, n))
+        assert row.history_values == pytest.approx(list(history)[n - k :])
