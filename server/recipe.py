@@ -173,7 +173,7 @@ class TrainParams:
     # Points held out for validation and again for test at the end of every series
     # (None: 15 % each). Retraining sets it so that new observations are trained on.
     holdout_points: int | None = None
-    # Conformalize the intervals on the validation windows after training (see calibrate).
+    # Conformalize the intervals on the training and validation windows (see calibrate).
     calibrate: bool = True
 
     def __post_init__(self) -> None:

@@ -117,7 +117,9 @@ def test_tiny_training_result() -> None:
     calibration = {k: v for k, v in r.scores.items() if k.startswith("calibration_")}
     assert again == {k: v for k, v in r.scores.items() if k not in calibration}
     assert calibration == {
-        "calibration_windows": 2 * 85.0,  # the validation windows
+        "calibration_windows": float(
+            sum(len(w) for w in _build_windows(ds, TINY, None)[:2])
+        ),  # train + val
         "calibration_delta_0.1_0.9": pytest.approx(
             float(r.state_dict["interval_offset"][:, 2].double().mean())
         ),
@@ -211,6 +213,17 @@ def test_default_recipe_beats_seasonal_naive(seattle: TrainResult) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("name", ["sf-temps", "seattle-weather", "us-employment"])
+def test_default_recipe_beats_seasonal_naive_on_each_bundled_dataset(name: str) -> None:
+    # seattle-temps is the fixture above; hourly-temps is it and sf-temps pooled. A recipe
+    # change that makes the default no better than "last season's value" fails here.
+    dataset = load_dataset(name)
+    s = train(dataset, config_for(dataset), TrainParams(), progress=False).scores
+    assert s["relmae_snaive"] < 1.0, s  # MAE below seasonal naive's on the test windows
+    assert 0.6 < s["coverage_0.1_0.9"] < 0.97, s
+
+
+@pytest.mark.slow
 def test_default_recipe_weights_serve(seattle: TrainResult) -> None:
     net = build_model(seattle.config, seattle.state_dict)
     y = load_dataset("seattle-temps").series[0].values
@@ -273,9 +286,17 @@ def test_calibrate_covers_the_calibration_windows() -> None:
     before = offset.clone()
     assert calibrate(net, val_w) == figures
     torch.testing.assert_close(net.interval_offset, before)
-    # and train with calibration on gives the same offsets
+    # train calibrates on the training and validation windows together (the year, not
+    # the few weeks before test): the same offsets as calibrate on both
+    train_w, val_w2, _ = _build_windows(ds, TINY, None)
+    pooled = train_w + val_w2
+    assert len(pooled) == len(train_w) + len(val_w2)
     on = train(ds, TINY, QUICK, progress=False)
-    torch.testing.assert_close(on.state_dict["interval_offset"], before)
+    assert on.scores["calibration_windows"] == len(pooled)
+    calibrate(net, pooled)
+    torch.testing.assert_close(on.state_dict["interval_offset"], net.interval_offset)
+    with pytest.raises(ValueError, match="same values"):
+        _ = val_w + _build_windows(_synthetic(n_series=1), TINY, None)[1]
 
 
 @pytest.mark.slow
