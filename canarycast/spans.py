@@ -28,6 +28,8 @@ from typing import Any
 import numpy as np
 from opentelemetry import trace
 
+from canarycast.validation import Observation
+
 FORECAST_SPAN = "forecast"
 OBSERVE_SPAN = "observe"
 #: A routed call's attempt on a variant that failed (unreachable, or none serving) before
@@ -374,6 +376,17 @@ def record_observations(
                 OBSERVED_VALUES: pack(values[a:b], "<f8"),
             },
         ).end()
+
+
+def record_observed(tracer: trace.Tracer, observations: Sequence[Observation]) -> None:
+    """`record_observations` for validated observations (at least one, as Observe requires)."""
+    record_observations(
+        tracer,
+        [o.series_id for o in observations],
+        np.concatenate([o.timestamps for o in observations]),
+        np.concatenate([o.values for o in observations]),
+        np.array([o.values.size for o in observations], dtype=np.int64),
+    )
 
 
 def read_observations(

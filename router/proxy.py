@@ -164,13 +164,7 @@ class Router:
                 await self.observations.append_async(observations)
             except StoreError as exc:
                 raise Unavailable(f"observations not stored: {exc}") from exc
-        spans.record_observations(
-            self.tracer,
-            [o.series_id for o in observations],
-            np.concatenate([o.timestamps for o in observations]),
-            np.concatenate([o.values for o in observations]),
-            np.array([o.values.size for o in observations], dtype=np.int64),
-        )
+        spans.record_observed(self.tracer, observations)
         self.metrics.observed_points.inc(total)
         return bytes(pb.ObserveResponse(accepted_points=total).SerializeToString())
 

@@ -361,13 +361,7 @@ class Forecaster:
     def observe(self, observations: Sequence[Observation]) -> int:
         """Validate observed values and acknowledge them (one span per call)."""
         total = validate_observations(observations, self.limits)
-        spans.record_observations(
-            self.tracer,
-            [o.series_id for o in observations],
-            np.concatenate([o.timestamps for o in observations]),
-            np.concatenate([o.values for o in observations]),
-            np.array([o.values.size for o in observations], dtype=np.int64),
-        )
+        spans.record_observed(self.tracer, observations)
         if self.metrics is not None:
             self.metrics.observed_points.inc(total)
         return total
