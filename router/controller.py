@@ -3,7 +3,9 @@ stable, step by step, on the judge's verdicts — or rolls it back.
 
 Only the controller changes a rollout's phase. Each tick it asks the analyzer
 for the evidence gathered since the step began, asks the (pure) judge for a
-verdict, and acts: next step, promotion, rollback, or hold. Manual commands
+verdict, asks the (pure) `next_action` what the step does with it (stalls,
+minimum time, budget), and carries that out: next step, promotion, rollback,
+pause or hold. Manual commands
 take effect at once and are recorded with their actor. Every transition is
 persisted (`router.store`) before the next tick, so a restarted controller
 resumes the same rollout at the same step and weight; the analysis samples
@@ -17,18 +19,15 @@ metrics and events.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import json
 import secrets
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, assert_never
 
 import structlog
 
@@ -37,6 +36,7 @@ from canarycast.periodic import Periodic
 from router.judge import Evidence, Judgement, JudgePolicy, Verdict, judge
 from router.metrics import RolloutMetrics
 from router.store import DecisionRow, RolloutRecord, RolloutStore
+from router.webhook import Webhook
 from server.registry import CorruptAliasError, ModelRef, Registry, RegistryError
 
 log = structlog.get_logger("canarycast.controller")
@@ -95,6 +95,109 @@ class RolloutPolicy:
         if "judge" in data:
             data["judge"] = JudgePolicy(**data["judge"])
         return cls(**data)
+
+
+# -- the step decision: pure, no I/O, no clock --
+
+
+@dataclass(frozen=True)
+class Hold:
+    """Keep the step and its weight; a change of `kind` is recorded, a repeat only notified."""
+
+    kind: str  #: "no-spans", "min-time", or the judge's verdict ("inconclusive")
+    reason: str
+
+
+@dataclass(frozen=True)
+class Step:
+    """Move to the policy's step `step` (0-based) at `weight`; the step's clock restarts."""
+
+    step: int
+    weight: float
+    reason: str  #: as recorded: "step N: weight W (why)"
+
+
+@dataclass(frozen=True)
+class Promote:
+    """The candidate becomes the stable version: the last step passed."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class Pause:
+    """Hold the weight and judge nothing until resumed (or, awaiting confirmation, promoted)."""
+
+    reason: str
+    awaiting_confirmation: bool = False  #: a manual `promote` is wanted before the final step
+
+
+@dataclass(frozen=True)
+class Rollback:
+    """The candidate takes no traffic; `reason` says why."""
+
+    reason: str
+
+
+#: What one tick of a progressing rollout does.
+Action = Hold | Step | Promote | Pause | Rollback
+
+
+def advance(
+    policy: RolloutPolicy, rollout: RolloutRecord, reason: str, *, automatic: bool
+) -> Step | Promote | Pause:
+    """The step after `rollout`'s: the next weight, the promotion after the last step, or,
+    when the policy asks for confirmation and the judge (`automatic`) would take the final
+    step, a pause until a manual `promote`."""
+    last = len(policy.steps) - 1
+    if rollout.step >= last:
+        return Promote(reason)
+    step = rollout.step + 1
+    if step == last and policy.confirm_final_step and automatic:
+        return Pause(
+            f"{reason}; waiting for a manual promote before the final step",
+            awaiting_confirmation=True,
+        )
+    weight = policy.steps[step]
+    return Step(step, weight, f"step {step + 1}: weight {weight:g} ({reason})")
+
+
+def next_action(
+    policy: RolloutPolicy,
+    rollout: RolloutRecord,
+    judgement: Judgement,
+    now: float,
+    last_span_at: float | None,
+) -> Action:
+    """What a progressing `rollout` does at `now` given the judge's `judgement` on its step.
+
+    `last_span_at` is when the analyzer last received a span (None: not yet; the silence
+    is then counted from the start of the step). In order: a long silence rolls back; a
+    ROLLBACK verdict rolls back; a shorter silence holds; PROMOTE advances once the step
+    has lasted `min_step_seconds` and holds before; an inconclusive step whose budget
+    `max_step_seconds` ran out pauses or rolls back (`on_budget`); otherwise it holds.
+    """
+    in_step = now - rollout.step_started_at
+    silent = now - (last_span_at if last_span_at is not None else rollout.step_started_at)
+    verdict = judgement.verdict
+    if silent >= policy.stall_rollback_seconds:
+        return Rollback(f"the analyzer received no spans for {silent:.0f} s")
+    if verdict is Verdict.ROLLBACK:
+        return Rollback(judgement.reason)
+    if silent >= policy.stall_hold_seconds:
+        return Hold("no-spans", f"holding: the analyzer received no spans for {silent:.0f} s")
+    if verdict is Verdict.PROMOTE and in_step >= policy.min_step_seconds:
+        return advance(policy, rollout, judgement.reason, automatic=True)
+    if verdict is Verdict.PROMOTE:
+        return Hold(
+            "min-time",
+            f"holding: {judgement.reason}, but only {in_step:.0f} s of the "
+            f"{policy.min_step_seconds:.0f} s minimum in this step",
+        )
+    if in_step >= policy.max_step_seconds:
+        reason = f"step budget of {policy.max_step_seconds:.0f} s ran out: {judgement.reason}"
+        return Rollback(reason) if policy.on_budget == "rollback" else Pause(reason)
+    return Hold(str(verdict), f"holding: {judgement.reason}")
 
 
 class Traffic(Protocol):
@@ -405,43 +508,38 @@ class Controller:
             if record is None or record.phase != Phase.PROGRESSING:
                 return
             now = self.clock()
-            in_step = now - record.step_started_at
             # off the event loop: on a long step the judge reads ~10^6 rows (about 0.5 s)
             evidence, verdict = await asyncio.to_thread(self._judge, record)
             self.evidence, self.judgement = evidence, verdict
             self._observe_evidence(evidence, verdict)
             record.judgement = json.dumps(asdict(verdict), default=str)
-            last = self.analyzer.last_span_at
-            silent = now - (last if last is not None else record.step_started_at)
-            if silent >= self.policy.stall_rollback_seconds:
-                await self._rollback(
-                    f"the analyzer received no spans for {silent:.0f} s", "controller"
-                )
-            elif verdict.verdict is Verdict.ROLLBACK:
-                await self._rollback(verdict.reason, "controller")
-            elif silent >= self.policy.stall_hold_seconds:
-                await self._hold(
-                    "no-spans", f"holding: the analyzer received no spans for {silent:.0f} s"
-                )
-            elif verdict.verdict is Verdict.PROMOTE and in_step >= self.policy.min_step_seconds:
-                await self._next_step(verdict.reason, "controller")
-            elif verdict.verdict is Verdict.PROMOTE:
-                await self._hold(
-                    "min-time",
-                    f"holding: {verdict.reason}, but only {in_step:.0f} s of the "
-                    f"{self.policy.min_step_seconds:.0f} s minimum in this step",
-                )
-            elif in_step >= self.policy.max_step_seconds:
-                reason = (
-                    f"step budget of {self.policy.max_step_seconds:.0f} s ran out: {verdict.reason}"
-                )
-                if self.policy.on_budget == "rollback":
-                    await self._rollback(reason, "controller")
-                else:
-                    record.phase = Phase.PAUSED
-                    await self._commit("pause", reason, "controller")
-            else:
-                await self._hold(str(verdict.verdict), f"holding: {verdict.reason}")
+            action = next_action(self.policy, record, verdict, now, self.analyzer.last_span_at)
+            await self._carry_out(action, "controller")
+
+    async def _carry_out(self, action: Action, actor: str) -> None:
+        """Do what `next_action` (or `advance`) decided: the only place a step's decision acts."""
+        record = self.record
+        assert record is not None
+        match action:
+            case Rollback(reason):
+                await self._rollback(reason, actor)
+            case Hold(kind, reason):
+                await self._hold(kind, reason)
+            case Promote(reason):
+                await self._promote_full(reason, actor)
+            case Pause(reason, awaiting_confirmation):
+                if awaiting_confirmation:
+                    record.awaiting_confirmation = True
+                record.phase = Phase.PAUSED
+                await self._commit("pause", reason, actor)
+            case Step(step, weight, reason):
+                record.step = step
+                record.weight = weight
+                record.step_started_at = self.clock()
+                self.traffic.set_weight(weight)
+                await self._commit("step", reason, actor)
+            case _:
+                assert_never(action)
 
     #: A hold of the same kind is recorded again at most this often (its reason text
     #: carries live numbers that change every tick).
@@ -465,24 +563,8 @@ class Controller:
     async def _next_step(self, reason: str, actor: str) -> None:
         record = self.record
         assert record is not None
-        if record.step >= len(self.policy.steps) - 1:
-            await self._promote_full(reason, actor)
-            return
-        final = record.step + 1 == len(self.policy.steps) - 1
-        if final and self.policy.confirm_final_step and actor == "controller":
-            record.awaiting_confirmation = True
-            record.phase = Phase.PAUSED
-            await self._commit(
-                "pause", f"{reason}; waiting for a manual promote before the final step", actor
-            )
-            return
-        record.step += 1
-        record.weight = self.policy.steps[record.step]
-        record.step_started_at = self.clock()
-        self.traffic.set_weight(record.weight)
-        await self._commit(
-            "step", f"step {record.step + 1}: weight {record.weight:g} ({reason})", actor
-        )
+        action = advance(self.policy, record, reason, automatic=actor == "controller")
+        await self._carry_out(action, actor)
 
     async def _promote_full(self, reason: str, actor: str) -> None:
         record = self.record
@@ -601,50 +683,3 @@ class Controller:
 
     def history(self, limit: int = 20) -> Sequence[RolloutRecord]:
         return self.store.rollouts(limit)
-
-
-class Webhook:
-    """POSTs decisions to one URL in the order they were taken, off the event loop.
-
-    One worker thread sends them one after another, so a receiver never sees a
-    rollback before the start it ends. A failed delivery (connection error, 5xx)
-    is retried with backoff before it is logged and dropped; the decision itself
-    is already in the rollout store, so the webhook is a notification, not the record.
-    """
-
-    def __init__(
-        self, url: str, *, attempts: int = 3, backoff: float = 0.5, timeout: float = 5.0
-    ) -> None:
-        self.url = url
-        self.attempts = attempts
-        self.backoff = backoff
-        self.timeout = timeout
-        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="webhook")
-
-    def send(self, decision: DecisionRow, record: RolloutRecord) -> concurrent.futures.Future[bool]:
-        body = json.dumps({"decision": asdict(decision), "rollout": asdict(record)}, default=str)
-        return self._pool.submit(self._deliver, body.encode(), decision.action)
-
-    def close(self) -> None:
-        """Wait for queued deliveries (each bounded by its timeout and retries)."""
-        self._pool.shutdown(wait=True)
-
-    def _deliver(self, body: bytes, action: str) -> bool:
-        for attempt in range(1, self.attempts + 1):
-            request = urllib.request.Request(
-                self.url, data=body, headers={"Content-Type": "application/json"}, method="POST"
-            )
-            try:
-                with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                    response.read()
-                return True
-            except urllib.error.HTTPError as exc:
-                error = f"HTTP {exc.code}"
-                if exc.code < 500:  # the receiver refused it: asking again will not help
-                    break
-            except OSError as exc:
-                error = str(exc)
-            if attempt < self.attempts:
-                time.sleep(self.backoff * 2 ** (attempt - 1))
-        log.warning("webhook_failed", url=self.url, action=action, attempts=attempt, error=error)
-        return False
