@@ -52,13 +52,13 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from bench.kayenta import mann_whitney_baseline
 from router.analysis import Analyzer, ForecastRecord, ObservationRecord
 from router.judge import (
     Evidence,
     JudgePolicy,
     Verdict,
     judge,
-    mann_whitney_baseline,
     optimal_rho,
     ratio_confidence_sequence,
 )

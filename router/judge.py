@@ -78,11 +78,8 @@ __all__ = [
     "boundary_factor",
     "effective_units",
     "judge",
-    "mann_whitney_baseline",
-    "mann_whitney_z",
     "optimal_rho",
     "ratio_bounds",
-    "ratio_confidence_path",
     "ratio_confidence_sequence",
     "series_ratio_interval",
 ]
@@ -356,36 +353,6 @@ def ratio_bounds(
     return est, lower, upper
 
 
-def _prefix_moments(
-    pairs: np.ndarray,
-) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray, FloatArray, FloatArray]:
-    """For every prefix t = 1..n: (t, mean_s, mean_c, var_s, var_c, cov), population form."""
-    p = np.asarray(pairs, dtype=np.float64).reshape(-1, 2)
-    t = np.arange(1, p.shape[0] + 1, dtype=np.float64)
-    # centre on the overall mean for numerical stability of the running sums
-    centre = p.mean(axis=0) if p.shape[0] else np.zeros(2)
-    x = p - centre
-    s1 = np.cumsum(x, axis=0)
-    ms, mc = s1[:, 0] / t, s1[:, 1] / t
-    var_s = np.maximum(np.cumsum(x[:, 0] ** 2) / t - ms * ms, 0.0)
-    var_c = np.maximum(np.cumsum(x[:, 1] ** 2) / t - mc * mc, 0.0)
-    cov = np.cumsum(x[:, 0] * x[:, 1]) / t - ms * mc
-    return t, ms + centre[0], mc + centre[1], var_s, var_c, cov
-
-
-def ratio_confidence_path(
-    pairs: np.ndarray, alpha: float, rho: float | None = None
-) -> tuple[FloatArray, FloatArray, FloatArray]:
-    """The ratio CS at every prefix t = 1..n of ``pairs`` (columns stable, canary).
-
-    The intervals are valid simultaneously over t, so their running intersection
-    (``np.maximum.accumulate(lower)``, ``np.minimum.accumulate(upper)``) is too.
-    """
-    tau = optimal_rho(alpha) if rho is None else rho
-    t, ms, mc, vs, vc, cov = _prefix_moments(pairs)
-    return ratio_bounds(ms, mc, vs, vc, cov, boundary_factor(t, alpha, tau))
-
-
 def ratio_confidence_sequence(
     pairs: np.ndarray, alpha: float, rho: float | None = None
 ) -> tuple[float, float, float]:
@@ -430,51 +397,6 @@ def series_ratio_interval(
     vs, vc = float(s.var(ddof=1)) / n, float(c.var(ddof=1)) / m
     est, lo, hi = ratio_bounds(float(s.mean()), float(c.mean()), vs, vc, 0.0, big_k)
     return float(est), float(lo), float(hi)
-
-
-# --- Kayenta-style baseline ---------------------------------------------------------
-
-
-def mann_whitney_z(stable: np.ndarray, canary: np.ndarray) -> float:
-    """Normal-approximation z of the Mann-Whitney U for canary > stable, tie-corrected."""
-    s = np.asarray(stable, dtype=np.float64).ravel()
-    c = np.asarray(canary, dtype=np.float64).ravel()
-    n1, n2 = c.size, s.size
-    if n1 == 0 or n2 == 0:
-        return 0.0
-    both = np.concatenate([c, s])
-    order = np.argsort(both, kind="mergesort")
-    sorted_ = both[order]
-    n = both.size
-    # average ranks over ties
-    starts = np.flatnonzero(np.r_[True, sorted_[1:] != sorted_[:-1]])
-    counts = np.diff(np.r_[starts, n])
-    avg_rank = starts + (counts + 1) / 2.0  # 1-based average rank of each tie group
-    ranks = np.empty(n)
-    ranks[order] = np.repeat(avg_rank, counts)
-    u = float(ranks[:n1].sum()) - n1 * (n1 + 1) / 2.0
-    ties = float(np.sum(counts.astype(np.float64) ** 3 - counts))
-    var = n1 * n2 / 12.0 * ((n + 1) - ties / (n * (n - 1))) if n > 1 else 0.0
-    if var <= 0:
-        return 0.0
-    return (u - n1 * n2 / 2.0) / math.sqrt(var)
-
-
-def mann_whitney_baseline(
-    stable: np.ndarray, canary: np.ndarray, confidence: float = 0.98
-) -> Verdict:
-    """Kayenta-style judge: two-sided Mann-Whitney U; significantly higher canary fails.
-
-    A canary not significantly different (or significantly lower) passes, as in
-    Kayenta; empty input is INCONCLUSIVE.
-    """
-    if np.size(stable) == 0 or np.size(canary) == 0:
-        return Verdict.INCONCLUSIVE
-    z = mann_whitney_z(stable, canary)
-    p = math.erfc(abs(z) / math.sqrt(2.0))
-    if p < 1.0 - confidence and z > 0:
-        return Verdict.ROLLBACK
-    return Verdict.PROMOTE
 
 
 # --- the judge ---------------------------------------------------------------------
