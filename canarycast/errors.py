@@ -52,3 +52,15 @@ class NotFound(CanarycastError):
 
 class FailedPrecondition(CanarycastError):
     status_code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class Unauthenticated(CanarycastError):
+    """No credentials, or ones the server does not know. The message never holds them."""
+
+    status_code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class PermissionDenied(CanarycastError):
+    """Known credentials that may not call this method."""
+
+    status_code = grpc.StatusCode.PERMISSION_DENIED

@@ -3,7 +3,9 @@
 `ServerInterceptor` gives each unary call a SERVER span (continuing the W3C
 trace context found in the incoming metadata), counts it by method and status
 code, times it, binds `rpc_method`/trace ids for structlog, and translates
-domain errors (`canarycast.errors`) into gRPC statuses. Health checks and
+domain errors (`canarycast.errors`) into gRPC statuses: the one place a status
+code is set, for servicers and for the guards inside it (authentication raises
+`Unauthenticated` / `PermissionDenied` like any other domain error). Health checks and
 reflection are left out of tracing and metrics, as the OTel gRPC
 instrumentation's filters do.
 """
@@ -88,10 +90,11 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         method: str = handler_call_details.method
         if handler is None or method.startswith(UNTRACED_PREFIXES):
             return handler
-        if handler.unary_stream is not None and handler.request_deserializer is not None:
-            # Not traced, but bad bytes still get INVALID_ARGUMENT rather than UNKNOWN.
+        if handler.unary_stream is not None:
+            # Not traced, but bad bytes still get INVALID_ARGUMENT rather than UNKNOWN, and
+            # domain errors (a guard's refusal among them) their own status code.
             return grpc.unary_stream_rpc_method_handler(
-                _decoding_stream(handler.unary_stream, handler.request_deserializer),
+                _mapping_stream(handler.unary_stream, handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_unary is None:
@@ -169,15 +172,21 @@ def decode_request(decode: Callable[[bytes], Any], raw: bytes) -> Any:
         raise InvalidArgument("request", f"not a {name}: {exc}") from exc
 
 
-def _decoding_stream(
-    behavior: Callable[[Any, grpc.aio.ServicerContext], Any], decode: Callable[[bytes], Any]
-) -> Callable[[bytes, grpc.aio.ServicerContext], Any]:
-    async def stream(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
+def _mapping_stream(
+    behavior: Callable[[Any, grpc.aio.ServicerContext], Any],
+    decode: Callable[[bytes], Any] | None,
+) -> Callable[[Any, grpc.aio.ServicerContext], Any]:
+    """A server stream whose request is decoded (when `decode` is given) and whose domain
+    errors, raised before or between its messages, end it with their status code."""
+
+    async def stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
-            request = decode_request(decode, raw)
-        except InvalidArgument as exc:
+            if decode is not None:
+                request = decode_request(decode, request)
+            async for response in behavior(request, context):
+                yield response
+        except CanarycastError as exc:
+            log.info("call_rejected", code=exc.status_code.name, error=str(exc))
             await context.abort(exc.status_code, str(exc))
-        async for response in behavior(request, context):
-            yield response
 
     return stream

@@ -7,6 +7,9 @@ untouched. The admin token may call everything; the optional viewer token may
 only read (`READ_METHODS`: GetStatus, WatchStatus, ListHistory) and gets
 PERMISSION_DENIED on anything that steers. With no token configured, the
 control API refuses every call rather than run open. Tokens are never logged.
+The refusals are domain errors (`Unauthenticated`, `PermissionDenied`) that the
+shared interceptor (`canarycast.interceptors`) maps to status codes, as it maps
+every other; `make_server` runs the guards inside it.
 A token read from a file (`Token`) follows the file: rotating a mounted Secret
 takes effect within a second, without a restart.
 """
@@ -28,6 +31,7 @@ import numpy as np
 import structlog
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from canarycast.errors import CanarycastError, PermissionDenied, Unauthenticated
 from canarycast.files import stamp
 from canarycast.headers import metadata_value
 from canarycast.v1 import rollout_pb2 as rpb
@@ -153,15 +157,14 @@ class AdminAuth(grpc.aio.ServerInterceptor):
         )
         if refusal is None:
             return handler
-        code, problem = refusal
 
         async def refuse(request: Any, context: grpc.aio.ServicerContext) -> None:
-            await context.abort(code, problem)
+            raise refusal
 
         if handler.unary_stream is not None:
 
             async def refuse_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                await context.abort(code, problem)
+                raise refusal
                 yield  # pragma: no cover  (makes this an async generator)
 
             # No request deserializer: a refused call's bytes are never decoded, so even
@@ -173,16 +176,15 @@ class AdminAuth(grpc.aio.ServerInterceptor):
             refuse, response_serializer=handler.response_serializer
         )
 
-    def _check(self, header: str | None, method: str) -> tuple[grpc.StatusCode, str] | None:
-        """None when the call may go on, else the status code and why (never the token)."""
-        unauthenticated = grpc.StatusCode.UNAUTHENTICATED
+    def _check(self, header: str | None, method: str) -> CanarycastError | None:
+        """None when the call may go on, else the refusal and why (never the token)."""
         admin, viewer = self._tokens()
         if admin is None and viewer is None:
-            return unauthenticated, (
+            return Unauthenticated(
                 "the control API is disabled: no admin token is configured on the router"
             )
         if header is None:
-            return unauthenticated, "missing authorization metadata (expected 'Bearer <token>')"
+            return Unauthenticated("missing authorization metadata (expected 'Bearer <token>')")
         scheme, _, token = header.partition(" ")
         presented = token.strip().encode()
         # Both comparisons always run, in constant time: the answer's timing tells nothing.
@@ -191,10 +193,10 @@ class AdminAuth(grpc.aio.ServerInterceptor):
         is_viewer = viewer is not None and hmac.compare_digest(presented, viewer)
         is_admin = is_admin and not is_viewer
         if scheme.lower() != "bearer" or not (is_admin or is_viewer):
-            return unauthenticated, "invalid token"
+            return Unauthenticated("invalid token")
         if is_admin or method in READ_METHODS:
             return None
-        return grpc.StatusCode.PERMISSION_DENIED, (
+        return PermissionDenied(
             "the viewer token may only read "
             f"({', '.join(sorted(m.rpartition('/')[2] for m in READ_METHODS))}); "
             f"{method.rpartition('/')[2]} needs the admin token"
