@@ -97,6 +97,26 @@ def _tls_args(parser: argparse.ArgumentParser, prefix: str, title: str, *, serve
         g.add_argument(f"{prefix}-key", type=Path, help="client private key for mTLS, PEM")
 
 
+def _workers_args(parser: argparse.ArgumentParser, what: str) -> None:
+    """`--workers` and `--worker-port-base` (canarycast/workers.py says how calls spread)."""
+    g = parser.add_argument_group("worker processes")
+    g.add_argument(
+        "--workers",
+        type=int,
+        default=len(os.sched_getaffinity(0)),
+        help=f"{what} processes forked at start, each on --port (SO_REUSEPORT) and a port "
+        "of its own that routers dial as a replica; 1: one process, no fork "
+        "(default: the cores this process may use, %(default)s)",
+    )
+    g.add_argument(
+        "--worker-port-base",
+        type=int,
+        metavar="PORT",
+        help="worker i also listens on PORT+i; 0: free ports (default: --port + 1, "
+        "or free ports with --port 0)",
+    )
+
+
 def _rate_limit(args: argparse.Namespace) -> Any:
     """The `RateLimit` of `_port_limit_args`' flags, or None (off)."""
     from canarycast.grpc_server import RateLimit
@@ -212,6 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="calls in progress at most; beyond it RESOURCE_EXHAUSTED at once (default: no limit)",
     )
+    _workers_args(p, "server")
     _tls_args(p, "--tls", "TLS on the server's port", server=True)
     _port_limit_args(p, "server")
 
@@ -500,11 +521,12 @@ def format_scores(scores: dict[str, Any]) -> str:
 def cmd_serve(args: argparse.Namespace) -> int:
     from canarycast.telemetry import configure_tracing
     from canarycast.tls import server_tls_from_flags
-    from server.app import ServerSettings, run
+    from canarycast.workers import worker_ports
+    from server.app import ServerSettings, run, run_workers
     from server.registry import RegistryError
 
-    configure_tracing("canarycast-server")
     try:
+        worker_ports(args.workers, args.port, args.worker_port_base)  # refuses bad flags
         tls = server_tls_from_flags(args.tls_cert, args.tls_key, args.tls_client_ca)
         limits, rate_limit = _limits(args), _rate_limit(args)
     except ValueError as exc:
@@ -529,6 +551,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         rate_limit=rate_limit,
     )
     try:
+        if args.workers > 1:  # forked before any gRPC object: tracing starts in each worker
+            return run_workers(
+                settings,
+                args.workers,
+                worker_port_base=args.worker_port_base,
+                setup=lambda: configure_tracing("canarycast-server"),
+            )
+        configure_tracing("canarycast-server")
         return asyncio.run(run(settings))
     except (RegistryError, ValueError, OSError) as exc:
         print(f"canarycast serve: {exc}", file=sys.stderr)

@@ -42,6 +42,18 @@ class Component:
         value = self.ready.get("metrics_port")
         return int(value) if value is not None else None
 
+    @property
+    def workers(self) -> list[dict[str, Any]]:
+        """What each worker of `--workers N` reported (index, pid, port, metrics_port, ...);
+        empty for a single process."""
+        return list(self.ready.get("workers") or [])
+
+    @property
+    def worker_targets(self) -> list[str]:
+        """Each worker's own port (one replica each for a router); a single process: its
+        port."""
+        return [f"127.0.0.1:{w['port']}" for w in self.workers] or [self.target]
+
     def tail(self, n: int = 20) -> str:
         return "\n".join(self.lines[-n:])
 
@@ -108,8 +120,11 @@ def start_model_servers(
     *,
     aliases: Sequence[str] = ("stable", "canary"),
     extra: Sequence[str] = (),
+    workers: int = 1,
 ) -> list[Component]:
-    """One `canarycast serve` process per alias of `model`, each on a free port.
+    """One `canarycast serve` process per alias of `model`, each on a free port, with
+    `workers` worker processes (1 by default: the demo and the tests that stall a server
+    with SIGSTOP mean one process).
 
     If one fails to start, those already started are stopped before the error rises.
     """
@@ -127,6 +142,8 @@ def start_model_servers(
                         f"{model}@{alias}",
                         "--port",
                         "0",
+                        "--workers",
+                        str(workers),
                         *extra,
                     ],
                 )

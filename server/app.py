@@ -10,11 +10,17 @@ flight for up to `grace` seconds, and the batcher finishes what it queued.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
+import os
+import signal
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import structlog
 from opentelemetry import trace
+from prometheus_client import CollectorRegistry
 
 from canarycast.grpc_server import (
     FORECASTER,
@@ -29,11 +35,19 @@ from canarycast.telemetry import MetricsEndpoint, serve_metrics
 from canarycast.tls import ServerTLS
 from canarycast.v1 import forecast_pb2_grpc as pb_grpc
 from canarycast.validation import Limits
+from canarycast.workers import (
+    Supervisor,
+    WorkerLink,
+    WorkerMetrics,
+    default_workers,
+    reserve_port,
+    worker_ports,
+)
 from server.batching import DynamicBatcher
 from server.forecasting import Forecaster
 from server.loader import LoadedModel, ModelWatcher, run_forward
 from server.metrics import ServerMetrics
-from server.registry import ModelRef, Registry
+from server.registry import ModelRef, Registry, RegistryError
 from server.servicer import ForecasterServicer
 
 log = structlog.get_logger("canarycast.server")
@@ -64,6 +78,10 @@ class ServerSettings:
     limits: Limits = field(default_factory=Limits)
     tls: ServerTLS | None = None  # TLS (and mTLS with a client CA) on the gRPC port
     rate_limit: RateLimit | None = None  # token bucket on Forecast/Observe; None: off
+    #: A worker of `--workers N` (see canarycast/workers.py) also listens on a port of its
+    #: own, which routers dial as one replica (0: a free one); None: one port only.
+    worker_port: int | None = None
+    metrics_host: str | None = None  # where /metrics listens (default: `host`)
 
 
 class ModelServer:
@@ -111,6 +129,7 @@ class ModelServer:
         pb_grpc.add_ForecasterServicer_to_server(ForecasterServicer(self.forecaster), self.server)
         self.health = add_health_and_reflection(self.server, SERVICE_NAME)
         self.port = 0
+        self.worker_port: int | None = None
         self.metrics_endpoint: MetricsEndpoint | None = None
         self._stopped = False
 
@@ -123,26 +142,38 @@ class ModelServer:
     async def open(self) -> int:
         """Listen, with health NOT_SERVING and Forecast UNAVAILABLE until `load`."""
         await set_serving(self.health, SERVICE_NAME, False)
-        self.port = add_port(
-            self.server, f"{self.settings.host}:{self.settings.port}", self.settings.tls
-        )
+        host = self.settings.host
+        self.port = add_port(self.server, f"{host}:{self.settings.port}", self.settings.tls)
+        if self.settings.worker_port is not None:
+            self.worker_port = add_port(
+                self.server, f"{host}:{self.settings.worker_port}", self.settings.tls
+            )
         if self.settings.metrics_port is not None:
             self.metrics_endpoint = serve_metrics(
-                self.metrics.registry, self.settings.metrics_port, self.settings.host
+                self.metrics.registry,
+                self.settings.metrics_port,
+                self.settings.metrics_host or host,
             )
         await self.server.start()
         self.batcher.start()
-        log.info("listening", port=self.port, model=str(self.ref))
+        log.info("listening", port=self.port, worker_port=self.worker_port, model=str(self.ref))
         return self.port
 
-    async def load(self) -> None:
-        """Load and warm up the model, follow its alias, then turn SERVING."""
+    async def load(self, *, serve: bool = True) -> None:
+        """Load and warm up the model, follow its alias, then turn SERVING (`serve=False`:
+        a worker waits for the others, then calls `serve`)."""
         await self.watcher.load_initial()
         self.watcher.start_watching()
+        if serve:
+            await self.serve("serving")
+
+    async def serve(self, event: str = "worker serving") -> None:
+        """Health SERVING; log `event` with the ports and the model."""
         await set_serving(self.health, SERVICE_NAME, True)
         log.info(
-            "serving",
+            event,
             port=self.port,
+            worker_port=self.worker_port,
             metrics_port=self.metrics_endpoint.port if self.metrics_endpoint else None,
             model=self.forecaster.model().name,
             version=self.forecaster.model().version_id,
@@ -181,3 +212,119 @@ class ModelServer:
 async def run(settings: ServerSettings) -> int:
     """Serve until SIGTERM/SIGINT, then drain and return the exit code (0)."""
     return await run_until_signalled(ModelServer(settings))
+
+
+#: Gauges of a worker that the pod's scrape shows as the largest, not the sum.
+MAX_GAUGES = frozenset({"canarycast_server_model_reload_failing"})
+
+
+def torch_threads(workers: int, cores: int | None = None) -> int:
+    """Intra-op torch threads of one of `workers` workers: the cores shared out, at least
+    one (2 workers on 2 cores: 1 each; without it each worker would start a thread per core
+    and they would fight over the same cores)."""
+    return max(1, (cores if cores is not None else default_workers()) // workers)
+
+
+def run_workers(
+    settings: ServerSettings,
+    workers: int,
+    *,
+    worker_port_base: int | None = None,
+    setup: Callable[[], object] = lambda: None,
+    error_prefix: str = "canarycast serve",
+) -> int:
+    """`canarycast serve --workers N` (N > 1): fork N workers, each a whole `ModelServer`
+    (its own batcher, model watcher and torch threads) on the shared port and a port of its
+    own; the parent serves their merged metrics on `settings.metrics_port`. Returns the exit
+    code: 0 after SIGTERM/SIGINT and a clean drain of every worker, 1 if one failed.
+
+    `setup` runs first in each worker (tracing: its exporter holds a gRPC channel, which
+    must not exist before the fork)."""
+    ports = worker_ports(workers, settings.port, worker_port_base)
+    reserved = reserve_port(settings.host, settings.port)  # holds the shared port's number
+    shared = int(reserved.getsockname()[1])
+    threads = torch_threads(workers)
+
+    def worker(link: WorkerLink) -> int:
+        import torch
+
+        torch.set_num_threads(threads)
+        setup()
+        worker_settings = replace(
+            settings,
+            port=shared,
+            worker_port=ports[link.index],
+            metrics_port=0 if settings.metrics_port is not None else None,
+            metrics_host="127.0.0.1",
+        )
+        try:
+            return asyncio.run(_run_worker(worker_settings, link, threads))
+        except (RegistryError, ValueError, OSError) as exc:
+            print(f"{error_prefix}: worker {link.index}: {exc}", file=sys.stderr)
+            return 1
+
+    def ready(infos: list[dict[str, Any]]) -> Callable[[], None] | None:
+        endpoint = None
+        if settings.metrics_port is not None:
+            urls = [f"http://127.0.0.1:{i['metrics_port']}/metrics" for i in infos]
+            registry = CollectorRegistry()
+            registry.register(
+                WorkerMetrics(urls, prefix="canarycast_server", max_gauges=MAX_GAUGES)
+            )
+            endpoint = serve_metrics(registry, settings.metrics_port, settings.host)
+        log.info(
+            "serving",
+            port=shared,
+            metrics_port=endpoint.port if endpoint else None,
+            worker_ports=[i["port"] for i in infos],
+            workers=infos,
+            model=infos[0].get("model"),
+            version=infos[0].get("version"),
+        )
+        return endpoint.close if endpoint else None
+
+    try:
+        return Supervisor(
+            workers,
+            worker,
+            ready,
+            stop_timeout=settings.drain_delay + settings.grace + 10.0,
+        ).run()
+    finally:
+        reserved.close()
+
+
+async def _run_worker(settings: ServerSettings, link: WorkerLink, threads: int) -> int:
+    """One worker: open and load, report to the parent, SERVING on its go; drain on
+    SIGTERM/SIGINT or when the parent is gone."""
+    server = ModelServer(settings)  # on this loop: grpc.aio objects belong to one
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    go = asyncio.Event()
+    link.watch(go.set, stop.set)
+    try:
+        await server.open()
+        await server.load(serve=False)
+        model = server.forecaster.model()
+        link.report(
+            {
+                "pid": os.getpid(),
+                "port": server.worker_port,
+                "metrics_port": server.metrics_endpoint.port if server.metrics_endpoint else None,
+                "torch_threads": threads,
+                "model": model.name,
+                "version": model.version_id,
+            }
+        )
+        waiting = [asyncio.ensure_future(go.wait()), asyncio.ensure_future(stop.wait())]
+        await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        for task in waiting:
+            task.cancel()
+        if not stop.is_set():
+            await server.serve()
+            await stop.wait()
+    finally:
+        await server.stop()
+    return 0
