@@ -41,10 +41,9 @@ from dataclasses import dataclass, replace
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from canarycast.variants import VARIANTS
 from router.judge import STEP_COLUMNS, Evidence, VariantStats
-from router.routing import CANARY, STABLE
 
-VARIANTS: tuple[str, str] = (STABLE, CANARY)
 DEGENERATE_SCALE_FRACTION = 0.01  # of the mean absolute predicted level
 MIN_SCALE = 1e-6
 
@@ -335,7 +334,7 @@ class Analyzer:
         self._calls = _Columns(4, max_scored)  # (time, variant 0/1, ok 0/1, latency)
         self._series: dict[str, int] = {}
         self._horizons: dict[str, float] = {}  # series -> a forecast's horizon, ns
-        self._scored_counts = dict.fromkeys(VARIANTS, 0)
+        self._scored_counts: dict[str, int] = dict.fromkeys(VARIANTS, 0)
         self._evictions = {"ttl": 0, "capacity": 0}
         self._partial = 0
         self._pair_count = 0

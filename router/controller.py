@@ -33,6 +33,7 @@ import structlog
 
 from canarycast.errors import CanarycastError, FailedPrecondition, InvalidArgument, NotFound
 from canarycast.periodic import Periodic
+from canarycast.variants import Variant
 from router.judge import Evidence, Judgement, JudgePolicy, Verdict, judge
 from router.metrics import RolloutMetrics
 from router.store import DecisionRow, RolloutRecord, RolloutStore
@@ -358,7 +359,7 @@ class Controller:
                 if ref.version is None:
                     raise InvalidArgument("candidate", "must be NAME:VERSION, not an alias")
                 version = self.registry.resolve(ref)
-                stable = self.registry.get_alias(self.model, "stable")
+                stable = self.registry.get_alias(self.model, Variant.STABLE)
             except CorruptAliasError as exc:  # the registry is damaged, not the request
                 raise FailedPrecondition(str(exc)) from exc
             except RegistryError as exc:
@@ -372,7 +373,7 @@ class Controller:
             if version.version == stable:
                 raise FailedPrecondition(f"{version.version} is already the stable version")
             try:
-                self.registry.set_alias(self.model, "canary", version.version)
+                self.registry.set_alias(self.model, Variant.CANARY, version.version)
             except RegistryError as exc:
                 raise FailedPrecondition(f"cannot start the rollout: {exc}") from exc
             now = self.clock()
@@ -464,7 +465,7 @@ class Controller:
                     "desired canary", f"must be {self.model}:VERSION or VERSION, got {text!r}"
                 )
             version = self.registry.resolve(ref).version
-            stable = self.registry.get_alias(self.model, "stable")
+            stable = self.registry.get_alias(self.model, Variant.STABLE)
         except (RegistryError, InvalidArgument) as exc:
             self._note_desired(text, "refused", str(exc))
             return
@@ -570,7 +571,7 @@ class Controller:
         record = self.record
         assert record is not None
         try:  # nothing changes unless the alias moved: never promote from a corrupt registry
-            self.registry.set_alias(record.model, "stable", record.candidate_version)
+            self.registry.set_alias(record.model, Variant.STABLE, record.candidate_version)
         except RegistryError as exc:
             raise FailedPrecondition(f"cannot promote {record.candidate_version}: {exc}") from exc
         await self._wait_for_stable(record.candidate_version)
