@@ -262,6 +262,10 @@ def run_workers(
         except (RegistryError, ValueError, OSError) as exc:
             print(f"{error_prefix}: worker {link.index}: {exc}", file=sys.stderr)
             return 1
+        finally:  # a worker leaves with os._exit (no atexit): export the spans it holds
+            shutdown = getattr(trace.get_tracer_provider(), "shutdown", None)
+            if callable(shutdown):
+                shutdown()
 
     def ready(infos: list[dict[str, Any]]) -> Callable[[], None] | None:
         endpoint = None

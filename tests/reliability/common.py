@@ -96,6 +96,8 @@ def start_server(registry: Path, alias: str, *extra: str, name: str = "") -> Com
             "0.2",
             "--grace",
             "2",
+            "--workers",  # one process: the faults here (SIGSTOP, SIGKILL) stall or kill it
+            "1",
             *extra,
         ],
     )
