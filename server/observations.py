@@ -33,12 +33,14 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from canarycast.validation import Observation
+
+if TYPE_CHECKING:  # pandas is imported where a frame is built: the router's Observe path,
+    import pandas as pd  # which only appends, starts without it
 
 __all__ = ["ObservationStore", "SeriesSummary", "StoreError", "observations_hash"]
 
@@ -244,6 +246,8 @@ class ObservationStore:
     ) -> pd.DataFrame:
         """Long format (unique_id, ds, y), sorted by id then time; ``start`` inclusive,
         ``end`` exclusive; only ``series_ids`` if given."""
+        import pandas as pd
+
         where: list[str] = []
         args: list[object] = []
         if series_ids is not None:
@@ -314,10 +318,14 @@ def _merge_folder(folder: Path) -> sqlite3.Connection:
 
 
 def _ns(value: np.datetime64 | str) -> int:
+    import pandas as pd
+
     return int(pd.Timestamp(value).as_unit("ns").value)
 
 
 def _empty_frame() -> pd.DataFrame:
+    import pandas as pd
+
     return pd.DataFrame(
         {
             "unique_id": pd.Series([], dtype=object),
