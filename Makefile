@@ -42,7 +42,9 @@ soak: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/canarycast demo
 
+# lint-imports: the layers' import contracts in pyproject.toml ([tool.importlinter]).
 check: lint typecheck
+	$(VENV)/bin/lint-imports --no-cache --no-logo
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
