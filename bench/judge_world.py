@@ -54,14 +54,8 @@ import numpy.typing as npt
 
 from bench.kayenta import mann_whitney_baseline
 from router.analysis import Analyzer, ForecastRecord, ObservationRecord
-from router.judge import (
-    Evidence,
-    JudgePolicy,
-    Verdict,
-    judge,
-    optimal_rho,
-    ratio_confidence_sequence,
-)
+from router.confidence import optimal_rho, ratio_confidence_sequence
+from router.judge import Evidence, JudgePolicy, Verdict, judge
 
 FloatArray = npt.NDArray[np.float64]
 

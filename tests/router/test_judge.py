@@ -13,6 +13,13 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from router.confidence import (
+    boundary_factor,
+    optimal_rho,
+    ratio_bounds,
+    ratio_confidence_sequence,
+    series_ratio_interval,
+)
 from router.judge import (
     BLOCK,
     CANARY_SCORE,
@@ -26,13 +33,8 @@ from router.judge import (
     JudgePolicy,
     VariantStats,
     Verdict,
-    boundary_factor,
     effective_units,
     judge,
-    optimal_rho,
-    ratio_bounds,
-    ratio_confidence_sequence,
-    series_ratio_interval,
 )
 from tests.router.confidence_path import ratio_confidence_path
 
