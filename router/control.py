@@ -10,8 +10,8 @@ control API refuses every call rather than run open. Tokens are never logged.
 The refusals are domain errors (`Unauthenticated`, `PermissionDenied`) that the
 shared interceptor (`canarycast.interceptors`) maps to status codes, as it maps
 every other; `make_server` runs the guards inside it.
-A token read from a file (`Token`) follows the file: rotating a mounted Secret
-takes effect within a second, without a restart.
+The tokens themselves (`Token`, which follows its file so that a rotated Secret takes
+effect within a second, and the loaders) live in `canarycast.tokens`.
 """
 
 from __future__ import annotations
@@ -19,11 +19,8 @@ from __future__ import annotations
 import datetime as dt
 import hmac
 import json
-import os
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -32,18 +29,22 @@ import structlog
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from canarycast.errors import CanarycastError, PermissionDenied, Unauthenticated
-from canarycast.files import stamp
 from canarycast.headers import metadata_value
+from canarycast.tokens import (  # noqa: F401  (re-exported: cli.py and router.app import them here)
+    CANARYCAST_ADMIN_TOKEN,
+    CANARYCAST_VIEWER_TOKEN,
+    Token,
+    TokenLike,
+    as_token,
+    load_admin_token,
+    load_viewer_token,
+)
 from canarycast.v1 import rollout_pb2 as rpb
 from canarycast.v1 import rollout_pb2_grpc as rpb_grpc
 from router.controller import Controller, Phase, Status
 from router.judge import CANARY_SCORE, STABLE_SCORE
 from router.store import DecisionRow, RolloutRecord
 
-#: The admin token of the control API (a token file given by flag wins).
-CANARYCAST_ADMIN_TOKEN = "CANARYCAST_ADMIN_TOKEN"
-#: The read-only viewer token of the control API (`--viewer-token-file` wins).
-CANARYCAST_VIEWER_TOKEN = "CANARYCAST_VIEWER_TOKEN"
 log = structlog.get_logger("canarycast.router.control")
 CONTROL_SERVICE = rpb.DESCRIPTOR.services_by_name["RolloutControl"].full_name
 #: What the viewer token may call: reading, never steering.
@@ -60,80 +61,9 @@ PHASES = {
 }
 
 
-def load_admin_token(
-    token_file: str | Path | None,
-    *,
-    variable: str = CANARYCAST_ADMIN_TOKEN,
-    what: str = "admin token",
-) -> str | None:
-    if token_file is not None:
-        try:
-            token = Path(token_file).read_text().strip()
-        except OSError as exc:
-            raise ValueError(f"{what} file {token_file}: {exc.strerror}") from exc
-        if not token:
-            raise ValueError(f"{what} file {token_file} is empty")
-        return token
-    return os.environ.get(variable) or None
-
-
-def load_viewer_token(token_file: str | Path | None) -> str | None:
-    """The read-only token, from `token_file` or $CANARYCAST_VIEWER_TOKEN."""
-    return load_admin_token(token_file, variable=CANARYCAST_VIEWER_TOKEN, what="viewer token")
-
-
-class Token:
-    """A bearer token: a fixed value, or the content of a file that is re-read when the
-    file changes (checked at most every `check_every` seconds), so that a rotated
-    Kubernetes Secret takes effect without a restart. A changed file that is empty or
-    unreadable keeps the last good token (logged once, without the value)."""
-
-    def __init__(
-        self,
-        value: str,
-        path: Path | None = None,
-        *,
-        what: str = "admin token",
-        check_every: float = 1.0,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._value = value
-        self.path = path
-        self.what = what
-        self._check_every = check_every
-        self._clock = clock
-        self._next_check = clock() + check_every
-        self._stamp = stamp(path) if path is not None else None
-
-    def current(self) -> str:
-        if self.path is not None and self._clock() >= self._next_check:
-            self._next_check = self._clock() + self._check_every
-            now = stamp(self.path)
-            if now != self._stamp:
-                self._stamp = now
-                try:
-                    value = load_admin_token(self.path, what=self.what)
-                except ValueError as exc:
-                    log.warning("token_reload_failed", token=self.what, error=str(exc))
-                else:
-                    if value is not None and value != self._value:
-                        self._value = value
-                        log.info("token_reloaded", token=self.what, path=str(self.path))
-        return self._value
-
-
-TokenLike = str | Token | None
-
-
-def _token(t: TokenLike) -> Token | None:
-    if t is None or isinstance(t, Token):
-        return t
-    return Token(t) if t else None
-
-
 class AdminAuth(grpc.aio.ServerInterceptor):
     def __init__(self, token: TokenLike, viewer_token: TokenLike = None) -> None:
-        self._token, self._viewer = _token(token), _token(viewer_token)
+        self._token, self._viewer = as_token(token), as_token(viewer_token)
         admin, viewer = self._tokens()
         if admin and viewer and hmac.compare_digest(admin, viewer):
             raise ValueError("the viewer token must differ from the admin token")

@@ -16,9 +16,9 @@ from collections.abc import Callable
 import grpc
 import structlog
 
+from canarycast.tokens import Token, TokenLike
 from canarycast.v1 import rollout_pb2 as rpb
 from canarycast.v1 import rollout_pb2_grpc as rpb_grpc
-from router.control import Token, TokenLike
 
 log = structlog.get_logger("canarycast.router.follow")
 
