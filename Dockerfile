@@ -4,8 +4,11 @@
 #   docker build -t canarycast:0.1.0 .                    # with a seed registry (model "temps")
 #   docker build --target runtime -t canarycast:0.1.0 .  # without: bring your own registry
 #
-# torch is pinned (pyproject.toml) to a CPU build: point PIP_EXTRA_INDEX_URL at PyTorch's
-# CPU wheel index when the default index would give a CUDA build for your platform.
+# The image installs canarycast with its `server` extra (torch, pandas, scipy, ...): every
+# process runs from it. A client alone needs only `pip install canarycast`.
+# torch is pinned (pyproject.toml, the `server` extra) to a CPU build: point
+# PIP_EXTRA_INDEX_URL at PyTorch's CPU wheel index when the default index would give a CUDA
+# build for your platform.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 # ---- builder: a virtual environment with canarycast and its dependencies ----------------
@@ -19,7 +22,7 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 RUN mkdir -p canarycast server router \
     && touch canarycast/__init__.py server/__init__.py router/__init__.py \
-    && pip install . && pip uninstall -y canarycast
+    && pip install '.[server]' && pip uninstall -y canarycast
 COPY canarycast ./canarycast
 COPY server ./server
 COPY router ./router

@@ -18,11 +18,13 @@ help:
 
 venv: $(STAMP)
 
-# torch==2.13.0 is pinned in pyproject.toml: on these machines that is a CPU build on disk.
+# The full set: the base (a client), the `server` extra (serving, training, the demo) and
+# `dev` (tests, linters). torch==2.13.0 is pinned in the `server` extra: on these machines that
+# is a CPU build on disk.
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[server,dev]'
 	touch $@
 
 test: $(STAMP) $(TOOLS_STAMP)
