@@ -4,12 +4,15 @@ cost grows with the history length, the horizon and the series per call.
 The roofline is the bare torch forward pass of the served model, in this process, at
 the server's batch sizes. Then real `canarycast serve` processes (dynamic batching off:
 `--max-batch-size 1 --max-queue-delay-ms 0`; on: the defaults, 256 series / 2 ms) take
-load from the load generator's process.
+load from the load generator's process. Each of those is one process (`--workers 1`); the
+scaling rows then run the same load against `--workers 1` and `--workers 2`, one after the
+other in the same run, spread as a router spreads it: over each worker's own port.
 """
 
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -23,7 +26,16 @@ from server.registry import Registry
 BATCH_SIZES = (1, 4, 16, 64, 256, 1024)
 #: Series per call of the multi-series scenarios (batching on; 64 with batching off too).
 MULTI_SERIES = (64, 256, 1024)
-BATCHING = {"off": ["--max-batch-size", "1", "--max-queue-delay-ms", "0"], "on": []}
+ONE_PROCESS = ["--workers", "1"]
+BATCHING = {
+    "off": ["--max-batch-size", "1", "--max-queue-delay-ms", "0", *ONE_PROCESS],
+    "on": ONE_PROCESS,
+}
+#: Worker processes compared by the scaling rows.
+WORKERS = (1, 2)
+#: Load generator processes of a scaling row, each on one channel (one connection): as
+#: many as the most workers, so that with 1 worker and with 2 the client side is the same.
+LOADGENS = max(WORKERS)
 
 
 def _time_call(fn: Any, min_seconds: float) -> float:
@@ -159,7 +171,75 @@ def serving_section(model: BenchModel, *, smoke: bool = False) -> dict[str, Any]
             ratios[f"{k}_series_per_call_over_roofline"] = ratio(
                 get("on", 4, k)["forecasts_per_s"], best_roof
             )
-    return {"roofline": roof, "runs": runs, "ratios": ratios}
+    scaling = workers_rows(model, smoke=smoke)
+    ratios.update(scaling["ratios"])
+    return {"roofline": roof, "runs": runs, "ratios": ratios, "workers": scaling["rows"]}
+
+
+def workers_rows(model: BenchModel, *, smoke: bool = False) -> dict[str, Any]:
+    """The same load against `serve --workers 1` and `--workers 2` (batching on), one
+    server at a time: LOADGENS load-generator processes side by side, the i-th on worker
+    i's own port (i modulo the workers), each with its share of the callers. Forecasts/s
+    are summed over them, p99 is the worst of them, server CPU is the whole process tree."""
+    horizon, lookback = model.horizon, model.lookback
+    loads = [(16, 1)] if smoke else [(16, 1), (64, 1), (4, 64)]  # (callers, series per call)
+    rows: list[dict[str, Any]] = []
+    for n in WORKERS:
+        servers = start_servers(model, {f"{n} workers": ["--workers", str(n)]})
+        server = servers[f"{n} workers"]
+        targets = server.worker_targets
+        try:
+            per_loadgen: list[list[dict[str, Any]]] = [[] for _ in range(LOADGENS)]
+            for callers, k in loads:
+                for g in range(LOADGENS):
+                    per_loadgen[g].append(
+                        _scenario(
+                            f"{n} workers, {k} series per call, concurrency {callers}",
+                            targets[g % len(targets)],
+                            [server.process.pid] if g == 0 else [],
+                            smoke,
+                            horizon,
+                            lookback,
+                            concurrency=max(1, callers // LOADGENS),
+                            series_per_call=k,
+                            # both generators import and connect before either counts
+                            warmup=1.0 if smoke else 2.0,
+                        )
+                    )
+            with ThreadPoolExecutor(LOADGENS) as pool:
+                results = list(pool.map(run_loadgen, per_loadgen))
+        finally:
+            stop_all(servers)
+        for i, (callers, k) in enumerate(loads):
+            parts = [results[g][i] for g in range(LOADGENS)]
+            rows.append(
+                {
+                    "workers": n,
+                    "concurrency": callers,
+                    "series_per_call": k,
+                    "forecasts_per_s": sum(p["forecasts_per_s"] for p in parts),
+                    "calls_per_s": sum(p["calls_per_s"] for p in parts),
+                    "p50_ms": max(p["p50_ms"] for p in parts),
+                    "p99_ms": max(p["p99_ms"] for p in parts),
+                    "errors": sum(p["errors"] for p in parts),
+                    "server_cpu_cores": parts[0]["server_cpu_cores"],
+                }
+            )
+
+    def row(n: int, c: int, k: int) -> dict[str, Any]:
+        return next(
+            r
+            for r in rows
+            if r["workers"] == n and r["concurrency"] == c and r["series_per_call"] == k
+        )
+
+    ratios: dict[str, float] = {}
+    for callers, k in loads:
+        one, two = row(1, callers, k), row(2, callers, k)
+        name = f"2_workers_over_1_{k}_series_c{callers}"
+        ratios[f"{name}_forecasts_per_s"] = ratio(two["forecasts_per_s"], one["forecasts_per_s"])
+        ratios[f"{name}_p99"] = ratio(two["p99_ms"], one["p99_ms"])
+    return {"rows": rows, "ratios": ratios}
 
 
 #: History lengths are multiples of the model's lookback (the shortest history it accepts).
@@ -173,7 +253,7 @@ GROWTH = {
 def growth_section(model: BenchModel, *, smoke: bool = False) -> dict[str, Any]:
     """Throughput and latency of a batching server as one dimension of the call grows."""
     max_horizon, lookback = model.horizon, model.lookback
-    servers = start_servers(model, {"on": []})
+    servers = start_servers(model, {"on": ONE_PROCESS})
     server = servers["on"]
     try:
         scenarios = []

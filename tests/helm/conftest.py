@@ -42,6 +42,12 @@ COMBINATIONS: dict[str, dict[str, Any]] = {
             "grafanaDashboard": {"enabled": False},
         },
     },
+    # Server pods of 2 and 3 cores: worker processes, each on its own port (routers dial
+    # them all, the NetworkPolicy opens them).
+    "workers": {
+        "stable": {"resources": {"requests": {"cpu": "2"}}},
+        "canary": {"resources": {"requests": {"cpu": "3500m"}}, "model": {"version": "3f2a"}},
+    },
     "shadow-rollout": {
         "router": {"mode": "shadow", "autoscaling": {"enabled": False}, "replicas": 4},
         "canary": {"model": {"version": "3f2a9c1b7d04"}, "replicas": 2},

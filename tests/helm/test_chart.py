@@ -607,3 +607,40 @@ def test_servers_and_routers_stop_being_ready_before_they_drain(render: Render) 
         deployment = find(m, "Deployment", f"{FULL}-{name}")
         assert flag(container(deployment)["args"], "--drain-delay") == delay
         assert deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == period
+
+
+def test_server_workers_follow_the_cpu_request_and_routers_dial_each_worker(
+    render: Render,
+) -> None:
+    def workers_of(manifests: list[dict[str, Any]], variant: str) -> str:
+        return flag(
+            container(find(manifests, "Deployment", f"{FULL}-{variant}"))["args"], "--workers"
+        )
+
+    def addresses(manifests: list[dict[str, Any]], component: str, variant: str) -> list[str]:
+        args = container(find(manifests, "Deployment", f"{FULL}-{component}"))["args"]
+        start = args.index(f"--{variant}") + 1
+        end = next(i for i in range(start, len(args)) if args[i].startswith("--"))
+        return args[start:end]
+
+    pods = f"{NAMESPACE}.svc"
+    m = render({})  # 500m: one process per pod, dialled on the shared port as before
+    assert workers_of(m, "stable") == "1" and workers_of(m, "canary") == "1"
+    assert addresses(m, "router", "stable") == [f"dns:///{FULL}-stable-pods.{pods}:50051"]
+    m = render(COMBINATIONS["workers"])  # 2 and 3.5 cores: 2 and 3 workers
+    assert workers_of(m, "stable") == "2" and workers_of(m, "canary") == "3"
+    server = container(find(m, "Deployment", f"{FULL}-stable"))
+    assert flag(server["args"], "--worker-port-base") == "50061"
+    for component in ("router", "controller"):
+        assert addresses(m, component, "stable") == [
+            f"dns:///{FULL}-stable-pods.{pods}:{port}" for port in (50061, 50062)
+        ]
+        assert addresses(m, component, "canary") == [
+            f"dns:///{FULL}-canary-pods.{pods}:{port}" for port in (50061, 50062, 50063)
+        ]
+    policy = find(m, "NetworkPolicy", f"{FULL}-servers")
+    ports = policy["spec"]["ingress"][0]["ports"]
+    assert {"port": 50061, "endPort": 50063, "protocol": "TCP"} in ports
+    # server.workers overrides the request
+    m = render({"server": {"workers": 4}})
+    assert workers_of(m, "stable") == "4"

@@ -29,8 +29,9 @@ from canarycast.v1 import forecast_pb2 as pb
 from canarycast.v1 import forecast_pb2_grpc as pb_grpc
 from canarycast.workers import default_workers, merge_expositions, worker_ports
 from router.app import RouterServer, RouterSettings
-from server.app import torch_threads
+from server.app import forward_with_threads, torch_threads
 from server.data import load_dataset
+from server.loader import load_model
 from tests.conftest import MODEL, TrainedRegistry
 
 VALUES = load_dataset("seattle-temps").series[0].values
@@ -247,3 +248,29 @@ def test_merged_expositions_read_as_one_process() -> None:
     assert samples[("x_queue_depth", ())] == 7  # summed
     assert samples[("x_reload_failing", ())] == 1  # the largest
     assert samples[("x_model_info", (("version", "a"),))] == 1  # the same label set once
+
+
+def test_the_torch_thread_count_is_set_in_the_thread_that_runs_the_forward_pass(
+    trained: TrainedRegistry,
+) -> None:
+    import threading
+
+    import numpy as np
+    import torch
+
+    model = load_model(trained.registry, f"{MODEL}@stable")
+    windows = np.stack([VALUES[:48], VALUES[48:96]])
+    forward = forward_with_threads(1)
+    seen: list[int] = []
+
+    def batcher_thread() -> None:  # a fresh thread starts with torch's default count
+        out = forward(model, windows)
+        assert np.array_equal(out, model.predict(windows))
+        seen.append(torch.get_num_threads())
+
+    before = torch.get_num_threads()
+    thread = threading.Thread(target=batcher_thread)
+    thread.start()
+    thread.join()
+    torch.set_num_threads(before)  # torch's count is also process-wide: leave it as found
+    assert seen == [1]

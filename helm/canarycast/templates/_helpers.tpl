@@ -101,6 +101,39 @@ dns:///{{ include "canarycast.serverName" (dict "root" . "variant" "stable") }}-
 {{- define "canarycast.canaryAddress" -}}
 dns:///{{ include "canarycast.serverName" (dict "root" . "variant" "canary") }}-pods.{{ .Release.Namespace }}.svc:{{ .Values.server.port }}
 {{- end }}
+{{/* Worker processes of a variant's server pods (dict "root" "variant"): server.workers,
+or one per whole core of the variant's CPU request ("500m" and "1": 1, "2500m": 2). */}}
+{{- define "canarycast.serverWorkers" -}}
+{{- $v := index .root.Values .variant -}}
+{{- if .root.Values.server.workers -}}
+{{- int .root.Values.server.workers -}}
+{{- else -}}
+{{- $cpu := toString (dig "requests" "cpu" "1" ($v.resources | default dict)) -}}
+{{- $millis := 0 -}}
+{{- if hasSuffix "m" $cpu -}}
+{{- $millis = atoi (trimSuffix "m" $cpu) -}}
+{{- else -}}
+{{- $millis = int (mulf (float64 $cpu) 1000) -}}
+{{- end -}}
+{{- max 1 (div $millis 1000) -}}
+{{- end -}}
+{{- end }}
+
+{{/* The router's (and controller's) address arguments for a variant, one list item each:
+the headless Service on the shared port for one worker per pod, or on each worker's own
+port, so that every worker is a replica and takes its share of the calls. */}}
+{{- define "canarycast.serverAddressArgs" -}}
+{{- $workers := int (include "canarycast.serverWorkers" .) -}}
+{{- $host := printf "dns:///%s-pods.%s.svc" (include "canarycast.serverName" .) .root.Release.Namespace -}}
+{{- if eq $workers 1 }}
+- {{ $host }}:{{ .root.Values.server.port }}
+{{- else }}
+{{- range $i := until $workers }}
+- {{ $host }}:{{ add $.root.Values.server.workerPortBase $i }}
+{{- end }}
+{{- end }}
+{{- end }}
+
 {{- define "canarycast.controllerAddress" -}}
 {{ include "canarycast.controllerName" . }}:{{ .Values.controller.port }}
 {{- end }}
