@@ -97,16 +97,18 @@ def _tls_args(parser: argparse.ArgumentParser, prefix: str, title: str, *, serve
         g.add_argument(f"{prefix}-key", type=Path, help="client private key for mTLS, PEM")
 
 
-def _workers_args(parser: argparse.ArgumentParser, what: str) -> None:
+def _workers_args(
+    parser: argparse.ArgumentParser, what: str, default: str = "the cores this process may use"
+) -> None:
     """`--workers` and `--worker-port-base` (canarycast/workers.py says how calls spread)."""
     g = parser.add_argument_group("worker processes")
     g.add_argument(
         "--workers",
         type=int,
-        default=len(os.sched_getaffinity(0)),
+        default=None,
         help=f"{what} processes forked at start, each on --port (SO_REUSEPORT) and a port "
         "of its own that routers dial as a replica; 1: one process, no fork "
-        "(default: the cores this process may use, %(default)s)",
+        f"(default: {default}, {len(os.sched_getaffinity(0))} here)",
     )
     g.add_argument(
         "--worker-port-base",
@@ -354,6 +356,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=300.0,
         help="seconds between drift gauge updates (default: %(default)s)",
     )
+    _workers_args(
+        p,
+        "router",
+        "with --follow, the cores this process may use (the workers share the controller "
+        "followed and its analyzer); else 1",
+    )
     tls = p.add_argument_group("TLS on the router's port (Forecaster and RolloutControl)")
     tls.add_argument("--tls-cert", type=Path, help="server certificate, PEM")
     tls.add_argument("--tls-key", type=Path, help="server private key, PEM")
@@ -525,6 +533,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from server.app import ServerSettings, run, run_workers
     from server.registry import RegistryError
 
+    if args.workers is None:
+        args.workers = len(os.sched_getaffinity(0))
     try:
         worker_ports(args.workers, args.port, args.worker_port_base)  # refuses bad flags
         tls = server_tls_from_flags(args.tls_cert, args.tls_key, args.tls_client_ca)
@@ -580,12 +590,12 @@ def _token_arg(path: Path | None, kind: str = "admin") -> Any:
 def cmd_route(args: argparse.Namespace) -> int:
     from canarycast.telemetry import configure_tracing
     from canarycast.tls import ServerTLS, client_tls_from_flags, server_tls_from_flags
-    from router.app import ControllerSettings, RouterSettings, run
+    from canarycast.workers import worker_ports
+    from router.app import ControllerSettings, RouterSettings, run, run_workers
     from router.controller import RolloutPolicy
     from router.routing import Mode, StickyKey
     from router.store import StateError
 
-    provider = configure_tracing("canarycast-router")
     try:
         controller = None
         tls = None
@@ -609,6 +619,9 @@ def cmd_route(args: argparse.Namespace) -> int:
         limits, rate_limit = _limits(args), _rate_limit(args)
         if (args.registry is None) != (args.model is None):
             raise ValueError("--registry and --model go together (they turn the controller on)")
+        default_workers = len(os.sched_getaffinity(0)) if args.follow else 1
+        workers = args.workers if args.workers is not None else default_workers
+        worker_ports(workers, args.port, args.worker_port_base)  # refuses bad flags
         if args.registry is not None:
             controller = ControllerSettings(
                 registry=args.registry,
@@ -655,7 +668,14 @@ def cmd_route(args: argparse.Namespace) -> int:
             drift_observations=args.drift_observations,
             drift_interval=args.drift_interval,
         )
-        return asyncio.run(run(settings, provider))
+        if workers > 1:  # forked before any gRPC object: tracing starts in each worker
+            return run_workers(
+                settings,
+                workers,
+                worker_port_base=args.worker_port_base,
+                setup=lambda: configure_tracing("canarycast-router"),
+            )
+        return asyncio.run(run(settings, configure_tracing("canarycast-router")))
     except (ValueError, OSError, StateError) as exc:  # StateError: a corrupt state file
         print(f"canarycast route: {exc}", file=sys.stderr)
         return 1

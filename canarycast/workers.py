@@ -42,7 +42,7 @@ import traceback
 import urllib.request
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
@@ -123,6 +123,32 @@ class WorkerLink:
                 on_parent_gone()
 
         loop.add_reader(self.go_fd, readable)
+
+
+class Startable(Protocol):
+    async def start(self) -> int: ...
+
+    async def stop(self, grace: float | None = None) -> None: ...
+
+
+async def run_worker(
+    component: Startable, link: WorkerLink, info: Callable[[], Mapping[str, Any]]
+) -> None:
+    """A worker whose component turns SERVING in `start` (a router: no model to load):
+    start, report `info()`, run until SIGTERM/SIGINT or the parent's end, then stop."""
+    import asyncio
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    link.watch(lambda: None, stop.set)
+    try:
+        await component.start()
+        link.report(info())
+        await stop.wait()
+    finally:
+        await component.stop()
 
 
 @dataclass

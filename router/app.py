@@ -5,15 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import sys
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import grpc
 import structlog
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
+from prometheus_client import CollectorRegistry
 
 from canarycast.grpc_server import (
     RateLimit,
@@ -29,6 +33,14 @@ from canarycast.tls import ClientTLS, ServerTLS
 from canarycast.v1 import forecast_pb2 as pb
 from canarycast.v1 import rollout_pb2_grpc as rpb_grpc
 from canarycast.validation import Limits
+from canarycast.workers import (
+    Supervisor,
+    WorkerLink,
+    WorkerMetrics,
+    reserve_port,
+    run_worker,
+    worker_ports,
+)
 from router.analysis import Analyzer
 from router.backends import (
     SERVICE,
@@ -110,6 +122,10 @@ class RouterSettings:
     rate_limit: RateLimit | None = None  # token bucket on Forecast/Observe; None: off
     max_concurrent_rpcs: int | None = None  # beyond: RESOURCE_EXHAUSTED at once; None: no limit
     dns_refresh: float = 5.0  # seconds between resolutions of dns:///HOST:PORT backends
+    #: A worker of `route --workers N` (canarycast/workers.py) also listens on a port of its
+    #: own (0: a free one); None: one port only.
+    worker_port: int | None = None
+    metrics_host: str | None = None  # where /metrics listens (default: `host`)
 
 
 class RouterServer:
@@ -249,6 +265,7 @@ class RouterServer:
         )
         self.health = add_health_and_reflection(self.server, SERVICE)
         self.port = 0
+        self.worker_port: int | None = None
         self.metrics_endpoint: MetricsEndpoint | None = None
         self._stopped = False
 
@@ -336,9 +353,14 @@ class RouterServer:
     async def start(self) -> int:
         address = f"{self.settings.host}:{self.settings.port}"
         self.port = add_port(self.server, address, self.settings.tls)
+        if self.settings.worker_port is not None:
+            own = f"{self.settings.host}:{self.settings.worker_port}"
+            self.worker_port = add_port(self.server, own, self.settings.tls)
         if self.settings.metrics_port is not None:
             self.metrics_endpoint = serve_metrics(
-                self.metrics.registry, self.settings.metrics_port, self.settings.host
+                self.metrics.registry,
+                self.settings.metrics_port,
+                self.settings.metrics_host or self.settings.host,
             )
         for pool in self.router.pools.values():
             await pool.discover()  # DNS backends: the addresses they stand for now
@@ -368,8 +390,9 @@ class RouterServer:
         await set_serving(self.health, SERVICE, True)
         policy = self.router.policy
         log.info(
-            "serving",
+            "serving" if self.settings.worker_port is None else "worker serving",
             port=self.port,
+            worker_port=self.worker_port,
             metrics_port=self.metrics_endpoint.port if self.metrics_endpoint else None,
             stable=list(self.settings.stable),
             canary=list(self.settings.canary),
@@ -425,3 +448,93 @@ def _remaining(value: float | None) -> float | None:
 async def run(settings: RouterSettings, tracer_provider: trace.TracerProvider | None = None) -> int:
     """Route until SIGTERM/SIGINT, then drain and return the exit code (0)."""
     return await run_until_signalled(RouterServer(settings, tracer_provider=tracer_provider))
+
+
+def worker_observations(path: Path | None, index: int) -> Path | None:
+    """Worker i's observation store: worker 0 the path given, worker i > 0 `STEM.wI.db`
+    beside it (SQLite has one writer at a time; a folder of stores is what drift and
+    retraining read)."""
+    if path is None or index == 0:
+        return path
+    return path.with_name(f"{path.stem}.w{index}{path.suffix or '.db'}")
+
+
+def run_workers(
+    settings: RouterSettings,
+    workers: int,
+    *,
+    worker_port_base: int | None = None,
+    setup: Callable[[], trace.TracerProvider | None] = lambda: None,
+) -> int:
+    """`canarycast route --workers N` (N > 1): N router processes forked before any gRPC
+    object, each on the shared port (SO_REUSEPORT: clients' connections spread over them)
+    and a port of its own, each following the controller (`--follow`) and sending its spans
+    to the one analyzer over OTLP; the parent serves their merged metrics. The embedded
+    controller is one process: it refuses N > 1."""
+    if settings.controller is not None:
+        raise ValueError(
+            f"--workers {workers}: the embedded controller (--registry, --model) runs in one "
+            "process; run it with --workers 1, and routers that --follow it with --workers N"
+        )
+    ports = worker_ports(workers, settings.port, worker_port_base)
+    reserved = reserve_port(settings.host, settings.port)
+    shared = int(reserved.getsockname()[1])
+
+    def worker(link: WorkerLink) -> int:
+        provider = setup()
+        worker_settings = replace(
+            settings,
+            port=shared,
+            worker_port=ports[link.index],
+            metrics_port=0 if settings.metrics_port is not None else None,
+            metrics_host="127.0.0.1",
+            observations=worker_observations(settings.observations, link.index),
+        )
+
+        async def serve() -> None:  # on the loop: grpc.aio objects belong to one
+            router = RouterServer(worker_settings, tracer_provider=provider)
+            await run_worker(router, link, lambda: _worker_info(router))
+
+        try:
+            asyncio.run(serve())
+            return 0
+        except (ValueError, OSError) as exc:
+            print(f"canarycast route: worker {link.index}: {exc}", file=sys.stderr)
+            return 1
+        finally:  # os._exit follows (no atexit): export the spans it holds
+            shutdown = getattr(provider, "shutdown", None)
+            if callable(shutdown):
+                shutdown()
+
+    def ready(infos: list[dict[str, Any]]) -> Callable[[], None] | None:
+        endpoint = None
+        if settings.metrics_port is not None:
+            urls = [f"http://127.0.0.1:{i['metrics_port']}/metrics" for i in infos]
+            registry = CollectorRegistry()
+            registry.register(WorkerMetrics(urls, prefix="canarycast_router"))
+            endpoint = serve_metrics(registry, settings.metrics_port, settings.host)
+        log.info(
+            "serving",
+            port=shared,
+            metrics_port=endpoint.port if endpoint else None,
+            worker_ports=[i["port"] for i in infos],
+            workers=infos,
+            stable=list(settings.stable),
+            canary=list(settings.canary),
+        )
+        return endpoint.close if endpoint else None
+
+    try:
+        return Supervisor(
+            workers, worker, ready, stop_timeout=settings.drain_delay + settings.grace + 10.0
+        ).run()
+    finally:
+        reserved.close()
+
+
+def _worker_info(router: RouterServer) -> dict[str, Any]:
+    return {
+        "pid": os.getpid(),
+        "port": router.worker_port,
+        "metrics_port": router.metrics_endpoint.port if router.metrics_endpoint else None,
+    }

@@ -47,6 +47,7 @@ COMBINATIONS: dict[str, dict[str, Any]] = {
     "workers": {
         "stable": {"resources": {"requests": {"cpu": "2"}}},
         "canary": {"resources": {"requests": {"cpu": "3500m"}}, "model": {"version": "3f2a"}},
+        "router": {"resources": {"requests": {"cpu": "2"}}},
     },
     "shadow-rollout": {
         "router": {"mode": "shadow", "autoscaling": {"enabled": False}, "replicas": 4},

@@ -644,3 +644,8 @@ def test_server_workers_follow_the_cpu_request_and_routers_dial_each_worker(
     # server.workers overrides the request
     m = render({"server": {"workers": 4}})
     assert workers_of(m, "stable") == "4"
+    # routers: from their own request; each worker follows the controller
+    router = container(find(render({}), "Deployment", f"{FULL}-router"))
+    assert flag(router["args"], "--workers") == "1" and "--follow" in router["args"]
+    m = render({"router": {"resources": {"requests": {"cpu": "3"}}}})
+    assert workers_of(m, "router") == "3"

@@ -23,7 +23,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from canarycast.cli import main
+from canarycast.cli import COMMANDS, build_parser
 from canarycast.processes import Component, start_component
 from canarycast.v1 import forecast_pb2 as pb
 from canarycast.v1 import forecast_pb2_grpc as pb_grpc
@@ -36,6 +36,13 @@ from tests.conftest import MODEL, TrainedRegistry
 
 VALUES = load_dataset("seattle-temps").series[0].values
 CALLS = 40
+
+
+def main(argv: list[str]) -> int:
+    """The command's exit code, in process, with logging left as the tests set it (the CLI's
+    `main` would point structlog at this test's captured stderr for good)."""
+    args = build_parser().parse_args(argv)
+    return COMMANDS[args.command](args)
 
 
 def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -101,14 +101,13 @@ dns:///{{ include "canarycast.serverName" (dict "root" . "variant" "stable") }}-
 {{- define "canarycast.canaryAddress" -}}
 dns:///{{ include "canarycast.serverName" (dict "root" . "variant" "canary") }}-pods.{{ .Release.Namespace }}.svc:{{ .Values.server.port }}
 {{- end }}
-{{/* Worker processes of a variant's server pods (dict "root" "variant"): server.workers,
-or one per whole core of the variant's CPU request ("500m" and "1": 1, "2500m": 2). */}}
-{{- define "canarycast.serverWorkers" -}}
-{{- $v := index .root.Values .variant -}}
-{{- if .root.Values.server.workers -}}
-{{- int .root.Values.server.workers -}}
+{{/* Worker processes of a pod (dict "workers" "resources"): `workers` when set, else one
+per whole core of the CPU request ("500m" and "1": 1, "2500m": 2). */}}
+{{- define "canarycast.workersFromCPU" -}}
+{{- if .workers -}}
+{{- int .workers -}}
 {{- else -}}
-{{- $cpu := toString (dig "requests" "cpu" "1" ($v.resources | default dict)) -}}
+{{- $cpu := toString (dig "requests" "cpu" "1" (.resources | default dict)) -}}
 {{- $millis := 0 -}}
 {{- if hasSuffix "m" $cpu -}}
 {{- $millis = atoi (trimSuffix "m" $cpu) -}}
@@ -117,6 +116,12 @@ or one per whole core of the variant's CPU request ("500m" and "1": 1, "2500m": 
 {{- end -}}
 {{- max 1 (div $millis 1000) -}}
 {{- end -}}
+{{- end }}
+
+{{/* Worker processes of a variant's server pods (dict "root" "variant"). */}}
+{{- define "canarycast.serverWorkers" -}}
+{{- $v := index .root.Values .variant -}}
+{{- include "canarycast.workersFromCPU" (dict "workers" .root.Values.server.workers "resources" $v.resources) -}}
 {{- end }}
 
 {{/* The router's (and controller's) address arguments for a variant, one list item each:
