@@ -97,18 +97,16 @@ def _tls_args(parser: argparse.ArgumentParser, prefix: str, title: str, *, serve
         g.add_argument(f"{prefix}-key", type=Path, help="client private key for mTLS, PEM")
 
 
-def _workers_args(
-    parser: argparse.ArgumentParser, what: str, default: str = "the cores this process may use"
-) -> None:
+def _workers_args(parser: argparse.ArgumentParser, what: str, default: str) -> None:
     """`--workers` and `--worker-port-base` (canarycast/workers.py says how calls spread)."""
     g = parser.add_argument_group("worker processes")
     g.add_argument(
         "--workers",
         type=int,
         default=None,
-        help=f"{what} processes forked at start, each on --port (SO_REUSEPORT) and a port "
-        "of its own that routers dial as a replica; 1: one process, no fork "
-        f"(default: {default}, {len(os.sched_getaffinity(0))} here)",
+        help=f"{what} processes forked at start, each on --port (SO_REUSEPORT: connections "
+        f"spread over them) and on a port of its own; 1: one process, no fork (default: "
+        f"{default}; this process may use {len(os.sched_getaffinity(0))} cores)",
     )
     g.add_argument(
         "--worker-port-base",
@@ -234,7 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="calls in progress at most; beyond it RESOURCE_EXHAUSTED at once (default: no limit)",
     )
-    _workers_args(p, "server")
+    _workers_args(
+        p, "server", "one per core this process may use; routers dial each worker's own port"
+    )
     _tls_args(p, "--tls", "TLS on the server's port", server=True)
     _port_limit_args(p, "server")
 
@@ -359,8 +359,9 @@ def build_parser() -> argparse.ArgumentParser:
     _workers_args(
         p,
         "router",
-        "with --follow, the cores this process may use (the workers share the controller "
-        "followed and its analyzer); else 1",
+        "with --follow, one per core this process may use, all following the one controller "
+        "(spans to its analyzer over OTLP: OTEL_EXPORTER_OTLP_ENDPOINT); else 1 (the embedded "
+        "controller is one process)",
     )
     tls = p.add_argument_group("TLS on the router's port (Forecaster and RolloutControl)")
     tls.add_argument("--tls-cert", type=Path, help="server certificate, PEM")
