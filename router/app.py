@@ -450,6 +450,13 @@ async def run(settings: RouterSettings, tracer_provider: trace.TracerProvider | 
     return await run_until_signalled(RouterServer(settings, tracer_provider=tracer_provider))
 
 
+#: Gauges of a router worker that the pod's scrape shows as the largest, not the sum: the
+#: weight every worker follows, and whether a backend serves (as any worker sees it).
+ROUTER_MAX_GAUGES = frozenset(
+    {"canarycast_router_canary_weight", "canarycast_router_backend_serving"}
+)
+
+
 def worker_observations(path: Path | None, index: int) -> Path | None:
     """Worker i's observation store: worker 0 the path given, worker i > 0 `STEM.wI.db`
     beside it (SQLite has one writer at a time; a folder of stores is what drift and
@@ -511,7 +518,9 @@ def run_workers(
         if settings.metrics_port is not None:
             urls = [f"http://127.0.0.1:{i['metrics_port']}/metrics" for i in infos]
             registry = CollectorRegistry()
-            registry.register(WorkerMetrics(urls, prefix="canarycast_router"))
+            registry.register(
+                WorkerMetrics(urls, prefix="canarycast_router", max_gauges=ROUTER_MAX_GAUGES)
+            )
             endpoint = serve_metrics(registry, settings.metrics_port, settings.host)
         log.info(
             "serving",

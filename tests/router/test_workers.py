@@ -8,13 +8,21 @@ parent stops every worker; the embedded controller refuses more than one process
 from __future__ import annotations
 
 import asyncio
+import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
 
-from canarycast.processes import Component, start_component, start_model_servers
+from canarycast.processes import (
+    Component,
+    start_component,
+    start_controller_router,
+    start_model_servers,
+)
+from canarycast.rollout_client import RolloutClient
 from canarycast.v1 import forecast_pb2 as pb
 from canarycast.v1 import forecast_pb2_grpc as pb_grpc
 from router.app import worker_observations
@@ -98,3 +106,49 @@ def test_each_worker_writes_its_own_observation_store(tmp_path: Path) -> None:
     assert worker_observations(path, 0) == path
     assert worker_observations(path, 2) == tmp_path / "router-a.w2.db"
     assert worker_observations(None, 1) is None
+
+
+TOKEN = "workers-admin-token"
+
+
+def test_follower_workers_all_take_the_weight_of_the_one_controller(
+    registry_copy: TrainedRegistry, tmp_path: Path
+) -> None:
+    registry_copy.registry.set_alias(MODEL, "canary", registry_copy.v1.version)
+    policy = tmp_path / "policy.json"
+    policy.write_text(json.dumps({"steps": [0.5, 1.0], "min_step_seconds": 600.0}))
+    components: list[Component] = []
+    try:
+        components += start_model_servers(registry_copy.root, MODEL, extra=["--grace", "1"])
+        stable, canary = components
+        controller = start_controller_router(
+            components,
+            registry_copy.root,
+            MODEL,
+            state=tmp_path / "r.db",
+            policy=policy,
+            token=TOKEN,
+        )
+        components.append(controller)
+        follower = start_component(
+            "follower",
+            [
+                *("route", "--port", "0", "--metrics-port", "0", "--grace", "1"),
+                *("--stable", stable.target, "--canary", canary.target),
+                *("--follow", controller.target, "--workers", "2"),
+            ],
+            env={"CANARYCAST_ADMIN_TOKEN": TOKEN},
+        )
+        components.append(follower)
+        with RolloutClient(controller.target, TOKEN) as client:
+            client.start(f"{MODEL}:{registry_copy.v2.version}")
+            client.set_weight(0.3)
+        weight = ("canarycast_router_canary_weight", ())
+        deadline = time.monotonic() + 30
+        while [scrape(w["metrics_port"]).get(weight) for w in follower.workers] != [0.3, 0.3]:
+            assert time.monotonic() < deadline, "a worker did not take the controller's weight"
+            time.sleep(0.2)
+        assert scrape(follower.metrics_port or 0)[weight] == 0.3  # the pod: one weight
+    finally:
+        for component in reversed(components):
+            component.stop(10)
