@@ -212,6 +212,10 @@ class Supervisor:
     workers: list[_Worker] = field(default_factory=list)
 
     def run(self) -> int:
+        # The parent and its workers share one stderr: each log line must be one write
+        # (print() writes the line, then its newline: two lines of two processes ran into
+        # one and the parent's `serving` line was lost to whoever waited for it).
+        structlog.configure(logger_factory=structlog.WriteLoggerFactory(file=sys.stderr))
         wake_r, wake_w = os.pipe()
         os.set_blocking(wake_w, False)
         os.set_blocking(wake_r, False)
