@@ -248,6 +248,10 @@ class Supervisor:
             signal.set_wakeup_fd(old_wakeup)
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+            for w in self.workers:  # left early (an error in the parent): stop them too
+                if w.code is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(w.pid, signal.SIGTERM)
             for w in self.workers:
                 self._reap(w, block=True)
                 for fd in (w.report_fd, w.go_fd):
