@@ -9,6 +9,7 @@ the pod with a non-zero exit.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -281,3 +282,29 @@ def test_the_torch_thread_count_is_set_in_the_thread_that_runs_the_forward_pass(
     thread.join()
     torch.set_num_threads(before)  # torch's count is also process-wide: leave it as found
     assert seen == [1]
+
+
+def test_a_parent_that_cannot_serve_its_metrics_stops_its_workers(
+    trained: TrainedRegistry,
+) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [
+                *(sys.executable, "-m", "canarycast.cli", "serve", "--registry", str(trained.root)),
+                *("--model", f"{MODEL}@stable", "--port", "0", "--workers", "2"),
+                *("--metrics-port", str(port), "--grace", "1"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert done.returncode == 1
+    assert "canarycast serve: [Errno 98]" in done.stderr
+    started = [line for line in done.stderr.splitlines() if '"workers started"' in line]
+    pids = json.loads(started[0])["pids"]
+    assert len(pids) == 2 and not any(map(alive, pids))
