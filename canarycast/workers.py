@@ -1,4 +1,5 @@
-"""Worker processes of one `canarycast serve --workers N`: fork, gate, supervise, aggregate.
+"""Worker processes of `canarycast serve --workers N` and `canarycast route --workers N`:
+fork, gate, supervise, aggregate.
 
 The parent forks N workers before any gRPC object exists (gRPC's
 `examples/python/multiprocessing` does the same; a forked gRPC core is not usable). It
@@ -11,6 +12,9 @@ with SO_REUSEPORT spreads *connections*, not calls: a router would send everythi
 worker. So each worker listens on the shared port (for probes and clients that know nothing
 of workers) *and* on a port of its own; a router dials the workers' own ports as replicas
 (`--stable HOST:P0 HOST:P1 …`, or `dns:///SERVICE:P0 …`) and balances every call over them.
+Router workers are what applications dial; their clients are many, so the shared port's
+connections spread over them, and each worker follows the one controller (`--follow`) and
+sends its spans to the one analyzer over OTLP.
 
 Health. Workers keep health NOT_SERVING after loading until the parent says go, which it
 does when every worker has loaded: the shared port says SERVING only when the whole pod
