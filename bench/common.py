@@ -118,11 +118,16 @@ def percentiles_ms(latencies: Sequence[float]) -> dict[str, float]:
 
 
 def start_servers(model: BenchModel, configs: Mapping[str, Sequence[str]]) -> dict[str, Component]:
-    """`canarycast serve` processes (name -> extra flags), started side by side."""
+    """`canarycast serve` processes (name -> extra flags), started side by side: one
+    process each (`--workers 1`) unless the flags say otherwise, so that a load generator
+    on one channel, TorchServe's one worker and nginx meet the same server as before
+    `serve` forked a worker per core."""
 
     def one(item: tuple[str, Sequence[str]]) -> Component:
         name, extra = item
         args = ["serve", "--registry", str(model.registry), "--model", model.ref, "--port", "0"]
+        if "--workers" not in extra:
+            args += ["--workers", "1"]
         return start_component(name, [*args, "--reload-interval", "60", *extra])
 
     return start_all(one, list(configs.items()))
