@@ -345,16 +345,12 @@ def build_parser() -> argparse.ArgumentParser:
         "answer (off if unset; `canarycast drift` and `retrain` read it)",
     )
     p.add_argument(
-        "--drift-observations",
-        type=Path,
-        help="with the controller: the store, or folder of stores, its drift gauges read "
-        "(read-only; default: --observations)",
-    )
-    p.add_argument(
         "--drift-interval",
         type=float,
         default=300.0,
-        help="seconds between drift gauge updates (default: %(default)s)",
+        help="with the controller: seconds between updates of the stable model's online "
+        "error gauge (default: %(default)s; the drift scores come from `canarycast drift "
+        "--serve-metrics`)",
     )
     _workers_args(
         p,
@@ -666,7 +662,6 @@ def cmd_route(args: argparse.Namespace) -> int:
             limits=limits,
             rate_limit=rate_limit,
             observations=args.observations,
-            drift_observations=args.drift_observations,
             drift_interval=args.drift_interval,
         )
         if workers > 1:  # forked before any gRPC object: tracing starts in each worker
@@ -933,6 +928,22 @@ def _lifecycle_parsers(sub: Any) -> None:
     p.add_argument("--model", required=True, help="model name (its stable alias is checked)")
     drift_flags(p)
     p.add_argument("--json", action="store_true", help="the report as JSON")
+    exporter = p.add_argument_group(
+        "exporter: check every --interval seconds and serve the scores on /metrics "
+        "(canarycast_drift_*), until SIGTERM"
+    )
+    exporter.add_argument(
+        "--serve-metrics",
+        type=int,
+        metavar="PORT",
+        help="run as an exporter on this port (0: a free one) instead of checking once",
+    )
+    exporter.add_argument(
+        "--interval", type=float, default=300.0, help="seconds between checks (default: 300)"
+    )
+    exporter.add_argument(
+        "--metrics-host", default="127.0.0.1", help="where /metrics listens (default: 127.0.0.1)"
+    )
 
     p = sub.add_parser("retrain", help="train a candidate on data + observations, canary it")
     _registry_arg(p)
@@ -980,33 +991,24 @@ def _control_credentials(args: argparse.Namespace) -> Any:
     return channel_credentials(args.tls_ca, args.tls_cert, args.tls_key)
 
 
-def _drift_report(args: argparse.Namespace) -> Any:
-    from server.data import load_dataset
-    from server.drift import DriftPolicy, detect_drift
-    from server.loader import load_model
-    from server.observations import ObservationStore
+def _drift_policy(args: argparse.Namespace) -> Any:
+    from server.drift import DriftPolicy
 
-    registry_model = load_model(_registry(args), f"{args.model}@stable")
-    meta = registry_model.version.metadata
-    reference = args.reference or meta.get("retrain", {}).get("base_dataset") or meta["dataset"]
-    policy = DriftPolicy(
+    return DriftPolicy(
         recent_seasons=args.recent_seasons,
         reference_seasons=args.reference_seasons,
         psi_threshold=args.psi_threshold,
         ks_threshold=args.ks_threshold,
         performance_ratio=args.performance_ratio,
     )
-    store = ObservationStore(args.observations, readonly=True)
-    try:
-        return detect_drift(
-            store,
-            load_dataset(reference),
-            model=registry_model,
-            model_name=args.model,
-            policy=policy,
-        )
-    finally:
-        store.close()
+
+
+def _drift_report(args: argparse.Namespace) -> Any:
+    from server.drift import stable_drift
+
+    return stable_drift(
+        args.observations, _registry(args), args.model, args.reference, _drift_policy(args)
+    )
 
 
 def _registry(args: argparse.Namespace) -> Any:
@@ -1016,10 +1018,13 @@ def _registry(args: argparse.Namespace) -> Any:
 
 
 def cmd_drift(args: argparse.Namespace) -> int:
-    """Exit 0: no drift; 1: drift past a threshold; 2: cannot check."""
+    """Exit 0: no drift; 1: drift past a threshold; 2: cannot check.
+    With --serve-metrics: an exporter until SIGTERM/SIGINT (exit 0), 2 for bad flags."""
     from server.data import DataError
     from server.registry import RegistryError
 
+    if args.serve_metrics is not None:
+        return _drift_exporter(args)
     try:
         report = _drift_report(args)
     except (DataError, RegistryError, OSError, ValueError, KeyError) as exc:
@@ -1027,6 +1032,56 @@ def cmd_drift(args: argparse.Namespace) -> int:
         return 2
     print(json.dumps(report.to_dict(), default=str) if args.json else report.format())
     return 1 if report.drifted else 0
+
+
+def _drift_exporter(args: argparse.Namespace) -> int:
+    """`canarycast drift --serve-metrics PORT`: the drift gauges, recomputed every
+    --interval seconds from the registry and the store(s), on /metrics."""
+    import signal
+    import threading
+
+    import structlog
+    from prometheus_client import CollectorRegistry
+
+    from canarycast.telemetry import serve_metrics
+    from server.drift import DriftExporter, DriftGauges
+
+    log = structlog.get_logger("canarycast.drift")
+    if not 0 <= args.serve_metrics <= 65535:
+        print(
+            f"canarycast drift: --serve-metrics {args.serve_metrics}: not a port", file=sys.stderr
+        )
+        return 2
+    try:
+        exporter = DriftExporter(
+            args.observations,
+            _registry(args),
+            args.model,
+            DriftGauges(CollectorRegistry()),
+            interval=args.interval,
+            reference=args.reference,
+            policy=_drift_policy(args),
+        )
+        endpoint = serve_metrics(exporter.gauges.registry, args.serve_metrics, args.metrics_host)
+    except (ValueError, OSError) as exc:
+        print(f"canarycast drift: {exc}", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    log.info(
+        "serving",
+        metrics_port=endpoint.port,
+        model=args.model,
+        observations=str(args.observations),
+        interval=args.interval,
+    )
+    try:
+        exporter.run(stop)
+    finally:
+        endpoint.close()
+        log.info("stopped")
+    return 0
 
 
 def cmd_retrain(args: argparse.Namespace) -> int:

@@ -59,7 +59,6 @@ from router.proxy import Router
 from router.routing import CANARY, STABLE, Mode, RoutingPolicy, StickyKey
 from router.spans_in import MAX_OTLP_MESSAGE, AnalyzerSpanProcessor, serve_otlp_receiver
 from router.store import RolloutStore
-from server.drift import stable_drift
 from server.observations import ObservationStore
 from server.registry import Registry
 
@@ -112,11 +111,9 @@ class RouterSettings:
     follow: str | None = None  # HOST:PORT of the router whose controller sets the weights
     follow_token: TokenLike = None
     observations: Path | None = None  # SQLite store of every accepted Observe point (off: None)
-    drift_interval: float = 300.0  # with a controller and a store: drift gauges every N seconds
-    #: What the drift gauges read, read-only: a store or a folder of stores (the other
-    #: routers'); default: `observations`. A controller that takes no Observe calls (the
-    #: Helm chart's) points it at the routers' stores.
-    drift_observations: Path | None = None
+    #: With the controller: the stable model's online error gauge every N seconds (the drift
+    #: scores themselves come from `canarycast drift --serve-metrics`, which loads the model)
+    drift_interval: float = 300.0
     follow_tls: ClientTLS | None = None  # TLS (mTLS) to the router followed
     backend_tls: ClientTLS | None = None  # TLS (mTLS) to the model servers
     rate_limit: RateLimit | None = None  # token bucket on Forecast/Observe; None: off
@@ -144,8 +141,6 @@ class RouterServer:
             raise ValueError("--dns-refresh must be above 0 seconds")
         if settings.follow is not None and settings.controller is not None:
             raise ValueError("a router either runs the controller or follows one, not both")
-        if settings.drift_observations is not None and settings.controller is None:
-            raise ValueError("--drift-observations needs the controller (--registry, --model)")
         if not settings.drift_interval > 0:
             raise ValueError("--drift-interval must be above 0 seconds")
         self.settings = settings
@@ -276,10 +271,11 @@ class RouterServer:
         provider = tracer_provider or trace.get_tracer_provider()
         if not isinstance(provider, TracerProvider):  # no SDK installed globally: our own
             provider = TracerProvider()
+        self._analysis_clock = time.time  # what the controller's `since` is measured on too
         self.analyzer = Analyzer(
             ttl=cs.analysis_ttl,
             max_pending=cs.max_pending,
-            clock=time.time,
+            clock=self._analysis_clock,
             registry=self.metrics.registry,
         )
         self.span_processor = AnalyzerSpanProcessor(self.analyzer)
@@ -297,30 +293,14 @@ class RouterServer:
         )
         return provider.get_tracer("canarycast.router")
 
-    def _drift_source(self) -> Path | None:
-        return self.settings.drift_observations or self.settings.observations
-
-    async def _drift_step(self) -> None:
-        """Drift of the stable model as Prometheus gauges (`server.drift`), off the loop."""
-        assert self.controller is not None and self.analyzer is not None
-        source = self._drift_source()
-        assert source is not None
-        metrics = self._drift_metrics
-        since = time.time() - self.settings.drift_interval
+    async def _online_error_step(self) -> None:
+        """The stable model's mean scaled online error over the last interval, from the
+        analyzer (on the analyzer's clock, the one its evidence is stamped with)."""
+        assert self.analyzer is not None
+        since = self._analysis_clock() - self.settings.drift_interval
         stable = self.analyzer.evidence(since).stable_series
         if len(stable):
-            metrics.online_error.set(float(stable.mean()))
-        registry, model = self.controller.registry, self.controller.model
-        report = await asyncio.to_thread(stable_drift, source, registry, model)
-        for s in report.series:
-            if s.psi is not None and s.ks_statistic is not None:
-                metrics.psi.labels(s.series_id).set(s.psi)
-                metrics.ks.labels(s.series_id).set(s.ks_statistic)
-            metrics.drifted.labels(s.series_id).set(1 if s.drifted else 0)
-        perf = report.performance
-        if perf is not None and perf.ratio is not None:
-            metrics.performance.set(perf.ratio)
-            metrics.drifted.labels("performance").set(1 if perf.drifted else 0)
+            self._drift_metrics.online_error.set(float(stable.mean()))
 
     async def _stable_version(self) -> str | None:
         replica = self.router.pools[STABLE].pick()
@@ -374,9 +354,10 @@ class RouterServer:
         if self.controller is not None and self.analyzer is not None:
             await self.controller.resume_after_restart()
             self.controller.start_loop()
-            if self._drift_source() is not None:
-                self._drift = Periodic("drift", self.settings.drift_interval, self._drift_step)
-                self._drift.start()
+            self._drift = Periodic(
+                "online error", self.settings.drift_interval, self._online_error_step
+            )
+            self._drift.start()
             cs = self.settings.controller
             assert cs is not None
             if cs.otlp_port is not None:

@@ -125,32 +125,11 @@ class RolloutMetrics:
 
 
 class DriftMetrics:
-    """Drift of the stable model (the controller's drift monitor sets these)."""
+    """The stable model's online error from the analyzer (the controller sets it). The drift
+    scores (`canarycast_drift_psi`, ...) come from the lifecycle's exporter,
+    `canarycast drift --serve-metrics` (`server.drift.DriftGauges`): they need the model."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.psi = Gauge(
-            "canarycast_drift_psi",
-            "Population stability index of a series' recent window against its reference.",
-            ["series"],
-            registry=registry,
-        )
-        self.ks = Gauge(
-            "canarycast_drift_ks_statistic",
-            "Two-sample Kolmogorov-Smirnov statistic D, recent window against reference.",
-            ["series"],
-            registry=registry,
-        )
-        self.drifted = Gauge(
-            "canarycast_drift_detected",
-            "1 when a series (or 'performance') is past its drift thresholds.",
-            ["series"],
-            registry=registry,
-        )
-        self.performance = Gauge(
-            "canarycast_drift_performance_ratio",
-            "Stable model's MASE on recent observations over its offline test MASE.",
-            registry=registry,
-        )
         self.online_error = Gauge(
             "canarycast_drift_stable_online_error",
             "Stable model's mean scaled online error from the analyzer (last drift interval).",

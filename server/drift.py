@@ -24,41 +24,105 @@ part), and the ratio recent MASE / offline test MASE (from the lineage) is compa
 stored actuals in the units of the offline score: the router's analyzer scales errors
 by the one-step change of each call's history, which is not the MASE denominator, so
 its numbers cannot be divided by the offline MASE (the controller exports the analyzer's
-stable error beside these drift scores: `canarycast_drift_*` gauges).
+stable error as `canarycast_drift_stable_online_error`).
+
+**The exporter.** `canarycast drift --serve-metrics PORT` (`DriftExporter`, `DriftGauges`)
+recomputes the report every interval from the registry and the store (or a folder of the
+routers' stores, read-only) and serves the other `canarycast_drift_*` gauges. It is the
+one lifecycle process that needs the model for drift, so the router stays torch-free; the
+model is loaded here (`load_stable`), not through serving's loader.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+import threading
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
+import structlog
 from pandas.tseries.frequencies import to_offset
+from prometheus_client import CollectorRegistry, Counter, Gauge
 from scipy import stats
 
-from server.data import Dataset, Series, load_dataset, split_points
-from server.loader import LoadedModel, load_model
+from server.data import DataError, Dataset, Series, load_dataset, split_points
+from server.model import LSTMForecaster, build_model, predict
 from server.observations import ObservationStore
-from server.recipe import DriftPolicy
-from server.registry import Registry
+from server.recipe import DriftPolicy, ModelConfig
+from server.registry import ModelVersion, Registry, RegistryError
 from server.scoring import insample_seasonal_mae
 
+log = structlog.get_logger("canarycast.drift")
+
 __all__ = [
+    "DriftExporter",
+    "DriftGauges",
+    "DriftModel",
     "DriftPolicy",
     "DriftReport",
     "PerformanceDrift",
     "SeriesDrift",
     "combine",
     "detect_drift",
+    "load_stable",
     "population_stability_index",
     "stable_drift",
 ]
 
 PSI_FLOOR = 1e-4  # share given to an empty bin, so PSI stays finite
+
+
+class DriftModel(Protocol):
+    """What performance drift needs of a model version: its lineage and its forecasts
+    (`server.loader.LoadedModel` is one; `load_stable` makes one without serving's loader)."""
+
+    @property
+    def version(self) -> ModelVersion: ...
+
+    @property
+    def config(self) -> ModelConfig: ...
+
+    @property
+    def version_id(self) -> str: ...
+
+    @property
+    def point_index(self) -> int: ...
+
+    def predict(self, windows: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass(frozen=True, eq=False)
+class _Version:
+    """A verified version and its network, for scoring (no warm-up, no watcher)."""
+
+    version: ModelVersion
+    config: ModelConfig
+    net: LSTMForecaster = field(repr=False)
+
+    @property
+    def version_id(self) -> str:
+        return self.version.version
+
+    @property
+    def point_index(self) -> int:
+        return self.config.quantiles.index(0.5)
+
+    def predict(self, windows: np.ndarray) -> np.ndarray:
+        return predict(self.net, windows)
+
+
+def load_stable(registry: Registry, model: str) -> DriftModel:
+    """``model@stable``, its content hash verified by the registry (`RegistryError` if
+    missing or corrupt)."""
+    resolved = registry.resolve(f"{model}@stable")
+    version, state_dict = registry.load(resolved.name, resolved.version)
+    config = ModelConfig.from_dict(version.config)
+    return _Version(version, config, build_model(config, state_dict))
 
 
 @dataclass(frozen=True)
@@ -284,7 +348,7 @@ def data_drift(
 
 
 def recent_mase(
-    model: LoadedModel,
+    model: DriftModel,
     combined: Sequence[tuple[Combined, slice]],
 ) -> tuple[float | None, int]:
     """MASE of the model's forecasts of every window whose targets lie in the recent slice
@@ -319,7 +383,7 @@ def detect_drift(
     store: ObservationStore,
     reference: Dataset,
     *,
-    model: LoadedModel | None = None,
+    model: DriftModel | None = None,
     model_name: str = "",
     policy: DriftPolicy | None = None,
 ) -> DriftReport:
@@ -368,10 +432,122 @@ def stable_drift(
     policy: DriftPolicy | None = None,
 ) -> DriftReport:
     """Drift of ``model@stable`` against its lineage's dataset (or ``reference``)."""
-    loaded = load_model(registry, f"{model}@stable")
+    loaded = load_stable(registry, model)
     meta = loaded.version.metadata
     name = reference or meta.get("retrain", {}).get("base_dataset") or meta["dataset"]
     with ObservationStore(Path(observations), readonly=True) as store:
         return detect_drift(
             store, load_dataset(name), model=loaded, model_name=model, policy=policy
         )
+
+
+class DriftGauges:
+    """The drift scores as Prometheus gauges (`canarycast drift --serve-metrics`)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.psi = Gauge(
+            "canarycast_drift_psi",
+            "Population stability index of a series' recent window against its reference.",
+            ["series"],
+            registry=registry,
+        )
+        self.ks = Gauge(
+            "canarycast_drift_ks_statistic",
+            "Two-sample Kolmogorov-Smirnov statistic D, recent window against reference.",
+            ["series"],
+            registry=registry,
+        )
+        self.drifted = Gauge(
+            "canarycast_drift_detected",
+            "1 when a series (or 'performance') is past its drift thresholds.",
+            ["series"],
+            registry=registry,
+        )
+        self.performance = Gauge(
+            "canarycast_drift_performance_ratio",
+            "Stable model's MASE on recent observations over its offline test MASE.",
+            registry=registry,
+        )
+        self.last_success = Gauge(
+            "canarycast_drift_last_success_timestamp_seconds",
+            "Unix time of the last drift check that completed.",
+            registry=registry,
+        )
+        self.failures = Counter(
+            "canarycast_drift_check_failures",
+            "Drift checks that could not run (no stable model, no store yet, bad data).",
+            registry=registry,
+        )
+
+    def update(self, report: DriftReport, now: float) -> None:
+        """The report's scores; a series no longer in the store loses its gauges."""
+        self.psi.clear()
+        self.ks.clear()
+        self.drifted.clear()
+        for s in report.series:
+            if s.psi is not None and s.ks_statistic is not None:
+                self.psi.labels(s.series_id).set(s.psi)
+                self.ks.labels(s.series_id).set(s.ks_statistic)
+            self.drifted.labels(s.series_id).set(1 if s.drifted else 0)
+        perf = report.performance
+        if perf is not None and perf.ratio is not None:
+            self.performance.set(perf.ratio)
+            self.drifted.labels("performance").set(1 if perf.drifted else 0)
+        self.last_success.set(now)
+
+
+#: What a drift check may fail with and still be retried next interval.
+CHECK_ERRORS: tuple[type[Exception], ...] = (
+    DataError,
+    RegistryError,
+    OSError,
+    ValueError,
+    KeyError,
+)
+
+
+@dataclass
+class DriftExporter:
+    """Recomputes `stable_drift` every `interval` seconds into `gauges`, until stopped.
+
+    A check that fails (no stable model yet, no store yet) is logged and counted, and the
+    next interval tries again: the gauges keep the last scores, and
+    `canarycast_drift_last_success_timestamp_seconds` says how old they are."""
+
+    observations: Path
+    registry: Registry
+    model: str
+    gauges: DriftGauges
+    interval: float = 300.0
+    reference: str | None = None
+    policy: DriftPolicy | None = None
+    clock: Callable[[], float] = time.time
+
+    def __post_init__(self) -> None:
+        if not self.interval > 0:
+            raise ValueError(f"--interval must be above 0 seconds, not {self.interval:g}")
+
+    def check(self) -> DriftReport | None:
+        try:
+            report = stable_drift(
+                self.observations, self.registry, self.model, self.reference, self.policy
+            )
+        except CHECK_ERRORS as exc:
+            self.gauges.failures.inc()
+            log.warning("drift check failed", error=f"{type(exc).__name__}: {exc}")
+            return None
+        self.gauges.update(report, self.clock())
+        log.info(
+            "drift checked",
+            drifted=report.drifted,
+            data_drifted=report.data_drifted,
+            performance_ratio=report.performance.ratio if report.performance else None,
+        )
+        return report
+
+    def run(self, stop: threading.Event) -> None:
+        """Check now, then every `interval` seconds, until `stop` is set."""
+        while not stop.is_set():
+            self.check()
+            stop.wait(self.interval)

@@ -359,22 +359,39 @@ def test_routers_store_observations_and_a_cronjob_retrains_from_them(render: Ren
     )
     claim = find(m, "PersistentVolumeClaim", f"{FULL}-observations")
     assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
-    # the controller's drift gauges read the routers' stores, read-only
+    # the drift exporter beside the controller reads the routers' stores, read-only; the
+    # controller (torch-free) neither reads nor stores observations
     controller = find(m, "Deployment", f"{FULL}-controller")
-    c = container(controller)
-    assert flag(c["args"], "--drift-observations") == "/var/lib/canarycast/observations"
-    assert "--observations" not in c["args"]  # it takes no Observe calls, stores nothing
+    c = container(controller, "controller")
+    assert "--observations" not in c["args"] and "--drift-observations" not in c["args"]
+    assert "observations" not in {v["name"] for v in c["volumeMounts"]}
+    drift = container(controller, "drift")
+    assert drift["args"][0] == "drift"
+    assert flag(drift["args"], "--observations") == "/var/lib/canarycast/observations"
+    assert flag(drift["args"], "--registry") == "/var/lib/canarycast/registry"
+    assert flag(drift["args"], "--model") == "temps"
+    assert flag(drift["args"], "--serve-metrics") == "9102"
+    assert flag(drift["args"], "--metrics-host") == "0.0.0.0"
+    assert flag(drift["args"], "--interval") == "300"
     assert {
         "name": "observations",
         "mountPath": "/var/lib/canarycast/observations",
         "readOnly": True,
-    } in c["volumeMounts"]
+    } in drift["volumeMounts"]
+    assert drift["ports"] == [{"name": "drift-metrics", "containerPort": 9102, "protocol": "TCP"}]
+    assert drift["livenessProbe"]["httpGet"] == {"path": "/metrics", "port": "drift-metrics"}
+    assert_hardened(controller)
     volumes = {v["name"]: v for v in controller["spec"]["template"]["spec"]["volumes"]}
     assert volumes["observations"]["persistentVolumeClaim"]["readOnly"] is True
-    assert (
-        "--drift-observations"
-        not in container(find(render({}), "Deployment", f"{FULL}-controller"))["args"]
+    service = find(m, "Service", f"{FULL}-controller")
+    assert {"name": "drift-metrics", "port": 9102, "targetPort": "drift-metrics"}.items() <= (
+        next(p for p in service["spec"]["ports"] if p["name"] == "drift-metrics").items()
     )
+    ingress = find(m, "NetworkPolicy", f"{FULL}-controller")["spec"]["ingress"]
+    assert {"port": "drift-metrics", "protocol": "TCP"} in ingress[-1]["ports"]
+    # without observations, no exporter (nothing to check drift on)
+    plain = find(render({}), "Deployment", f"{FULL}-controller")
+    assert [c["name"] for c in plain["spec"]["template"]["spec"]["containers"]] == ["controller"]
     cron = find(m, "CronJob", f"{FULL}-retrain")
     assert cron["spec"]["schedule"] == "@daily"
     assert cron["spec"]["concurrencyPolicy"] == "Forbid"

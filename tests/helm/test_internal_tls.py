@@ -124,7 +124,7 @@ def test_every_listener_gets_the_certificate_and_every_client_the_ca(
         assert assert_paths_in_the_secret(server, c) == (6 if mtls else 2)
 
     controller = find(m, "Deployment", CONTROLLER)
-    c = container(controller)
+    c = container(controller, "controller")  # (beside it, with observations: the drift exporter)
     assert_server_flags(c["args"], "--tls", mtls)  # control API and weight stream
     assert_server_flags(c["args"], "--otlp-tls", mtls)  # the analyzer's OTLP receiver
     assert_client_flags(c["args"], "--backend-tls", mtls)  # its own channels to the servers
@@ -238,7 +238,7 @@ def test_the_notes_name_every_host_a_client_dials(
     m = render(values)
     dialled = set()
     for name in ("router", "controller"):
-        args = container(find(m, "Deployment", f"{FULL}-{name}"))["args"]
+        args = container(find(m, "Deployment", f"{FULL}-{name}"), name)["args"]
         for backend in (flag(args, "--stable"), flag(args, "--canary")):
             dialled.add(backend.removeprefix("dns:///").rsplit(":", 1)[0])
     router = container(find(m, "Deployment", f"{FULL}-router"))

@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry
 from router.analysis import Analyzer
 from router.metrics import DriftMetrics, RolloutMetrics, RouterMetrics
 from router.spans_in import WANTED_SPANS
+from server.drift import DriftGauges
 from server.metrics import ServerMetrics
 from tests.helm.conftest import CHART, COMBINATIONS, Render, container, find
 
@@ -37,7 +38,8 @@ SUFFIXES = {
 
 
 def exported_metric_names() -> set[str]:
-    """Names the real server, router, controller and analyzer metrics expose."""
+    """Names the real server, router, controller, analyzer and drift exporter metrics
+    expose."""
     names: set[str] = set()
     for registry in (ServerMetrics().registry, RouterMetrics().registry):
         names |= _names(registry)
@@ -45,6 +47,7 @@ def exported_metric_names() -> set[str]:
     RolloutMetrics(rollout)
     DriftMetrics(rollout)
     Analyzer(registry=rollout)
+    DriftGauges(rollout)
     return names | _names(rollout)
 
 

@@ -13,8 +13,7 @@ import pytest
 
 from canarycast.validation import Observation
 from server.data import load_dataset
-from server.drift import DriftPolicy, detect_drift, population_stability_index
-from server.loader import load_model
+from server.drift import DriftPolicy, detect_drift, load_stable, population_stability_index
 from server.observations import ObservationStore
 from tests.conftest import MODEL, TrainedRegistry
 
@@ -47,7 +46,7 @@ def test_level_shift_fires_and_the_unchanged_series_stays_quiet(
     trained: TrainedRegistry, tmp_path: Path
 ) -> None:
     store = store_with(tmp_path / "obs.db", {"seattle-temps": 0.0, "sf-temps": 1.0})
-    model = load_model(trained.registry, f"{MODEL}@stable")
+    model = load_stable(trained.registry, MODEL)
     try:
         report = detect_drift(store, load_dataset("hourly-temps"), model=model, model_name=MODEL)
     finally:
@@ -70,7 +69,7 @@ def test_noisy_actuals_show_performance_drift_but_no_data_drift(
     trained: TrainedRegistry, tmp_path: Path
 ) -> None:
     store = store_with(tmp_path / "obs.db", {"seattle-temps": 0.0}, noise=1.0)
-    model = load_model(trained.registry, f"{MODEL}@stable")
+    model = load_stable(trained.registry, MODEL)
     try:
         report = detect_drift(store, load_dataset("seattle-temps"), model=model)
     finally:
@@ -107,63 +106,89 @@ def test_the_command_exits_non_zero_past_a_threshold(
     assert missing.returncode == 2 and "does not exist" in missing.stderr
 
 
-@pytest.mark.parametrize("source", ["own store", "the routers' stores"])
-async def test_the_controller_exports_drift_scores_as_prometheus_gauges(
-    registry_copy: TrainedRegistry, tmp_path: Path, source: str
+def scrape(port: int) -> dict[tuple[str, str], float]:
+    """/metrics of a real process: (name, series label or "") -> value."""
+    from urllib.request import urlopen
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return {
+        (sample.name, sample.labels.get("series", "")): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+@pytest.mark.slow
+def test_the_exporter_serves_drift_scores_from_the_routers_stores_and_waits_for_them(
+    registry_copy: TrainedRegistry, tmp_path: Path
 ) -> None:
-    """From its own store, or (the Helm chart's controller, which takes no Observe calls)
-    from the folder of the routers' stores, read-only."""
-    import asyncio
-    import socket
+    """`canarycast drift --serve-metrics`: started before any router wrote (the chart's
+    controller pod starts first), its checks fail, are counted and retried; once the
+    routers' stores are there it serves their scores, read-only; SIGTERM ends it with 0."""
+    import time
 
-    from router.app import ControllerSettings, RouterServer, RouterSettings
+    from canarycast.processes import start_component
 
-    if source == "own store":
-        store_with(tmp_path / "obs.db", {"seattle-temps": 1.0}).close()
-        stores = {"observations": tmp_path / "obs.db"}
-    else:
-        (tmp_path / "routers").mkdir()
-        store_with(tmp_path / "routers" / "router-a.db", {"seattle-temps": 1.0}).close()
-        store_with(tmp_path / "routers" / "router-b.db", {"sf-temps": 0.0}).close()
-        stores = {"drift_observations": tmp_path / "routers"}
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        dead = f"127.0.0.1:{s.getsockname()[1]}"
-    server = RouterServer(
-        RouterSettings(
-            stable=[dead],
-            controller=ControllerSettings(
-                registry=registry_copy.root, model=MODEL, state=tmp_path / "r.db", admin_token="t"
-            ),
-            drift_interval=0.2,
-            **stores,  # type: ignore[arg-type]
-        )
+    routers = tmp_path / "routers"
+    exporter = start_component(
+        "drift exporter",
+        [
+            "drift",
+            "--registry",
+            str(registry_copy.root),
+            "--model",
+            MODEL,
+            "--observations",
+            str(routers),
+            "--serve-metrics",
+            "0",
+            "--interval",
+            "0.2",
+        ],
     )
-    await server.start()
     try:
-        registry = server.metrics.registry
-        for _ in range(100):
-            await asyncio.sleep(0.1)
-            if registry.get_sample_value("canarycast_drift_performance_ratio"):
+        port = exporter.metrics_port
+        assert port is not None
+        for _ in range(600):
+            if scrape(port).get(("canarycast_drift_check_failures_total", ""), 0) >= 1:
                 break
-        labels = {"series": "seattle-temps"}
-        assert registry.get_sample_value("canarycast_drift_detected", labels) == 1.0
-        psi = registry.get_sample_value("canarycast_drift_psi", labels)
-        assert psi is not None and psi > DriftPolicy().psi_threshold
-        assert registry.get_sample_value("canarycast_drift_ks_statistic", labels) is not None
-        assert (registry.get_sample_value("canarycast_drift_performance_ratio") or 0) > 0
-        if source != "own store":
-            quiet = registry.get_sample_value("canarycast_drift_detected", {"series": "sf-temps"})
-            assert quiet == 0.0  # the other router's series, unchanged
-            assert server.router.observations is None  # it stores nothing itself
+            time.sleep(0.1)
+        assert scrape(port)[("canarycast_drift_check_failures_total", "")] >= 1
+        assert not [k for k in scrape(port) if k[0] == "canarycast_drift_detected"]
+        routers.mkdir()
+        store_with(routers / "router-a.db", {"seattle-temps": 1.0}).close()
+        store_with(routers / "router-b.db", {"sf-temps": 0.0}).close()
+        for _ in range(600):
+            if scrape(port).get(("canarycast_drift_performance_ratio", ""), 0) > 0:
+                break
+            time.sleep(0.1)
+        metrics = scrape(port)
+        assert metrics[("canarycast_drift_detected", "seattle-temps")] == 1.0
+        assert metrics[("canarycast_drift_detected", "sf-temps")] == 0.0  # unchanged
+        assert metrics[("canarycast_drift_psi", "seattle-temps")] > DriftPolicy().psi_threshold
+        assert ("canarycast_drift_ks_statistic", "seattle-temps") in metrics
+        assert metrics[("canarycast_drift_performance_ratio", "")] > 0
+        assert metrics[("canarycast_drift_last_success_timestamp_seconds", "")] > 0
     finally:
-        await server.stop(0)
+        code = exporter.stop()
+    assert code == 0, exporter.tail()
 
 
-def test_drift_settings_are_checked_naming_the_flag(tmp_path: Path) -> None:
+def test_exporter_flags_are_checked_naming_the_flag(tmp_path: Path) -> None:
+    common = ["drift", "--registry", str(tmp_path), "--model", MODEL]
+    out = run_cli(
+        *common, "--observations", str(tmp_path), "--serve-metrics", "0", "--interval", "0"
+    )
+    assert out.returncode == 2 and "--interval must be above 0" in out.stderr
+    out = run_cli(*common, "--observations", str(tmp_path), "--serve-metrics", "70000")
+    assert out.returncode == 2 and "--serve-metrics 70000" in out.stderr
+
+
+def test_drift_interval_is_checked_naming_the_flag() -> None:
     from router.app import RouterServer, RouterSettings
 
-    with pytest.raises(ValueError, match="--drift-observations needs the controller"):
-        RouterServer(RouterSettings(stable=["127.0.0.1:1"], drift_observations=tmp_path))
     with pytest.raises(ValueError, match="--drift-interval"):
         RouterServer(RouterSettings(stable=["127.0.0.1:1"], drift_interval=0))
