@@ -19,6 +19,7 @@ import sys
 import time
 import types
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -272,6 +273,9 @@ def peer_section(model: BenchModel, *, smoke: bool = False) -> dict[str, Any]:
                 }
             )
         runs = run_loadgen(scenarios, progress="peer")
+        stop_all(servers)
+        servers = start_servers(model, {"canarycast 2 workers": ["--workers", "2"]})
+        spread = _spread_rows(servers["canarycast 2 workers"], ts_process, ts_port, horizon, model)
     finally:
         stop_all(servers)
         stop_torchserve(ts_process)
@@ -285,6 +289,16 @@ def peer_section(model: BenchModel, *, smoke: bool = False) -> dict[str, Any]:
             a["forecasts_per_s"], b["forecasts_per_s"]
         )
         ratios[f"c{c}: p99 canarycast / TorchServe"] = ratio(a["p99_ms"], b["p99_ms"])
+    for c in (16, 64):
+        a = next(r for r in spread if r["peer"] == "canarycast" and r["concurrency"] == c)
+        b = next(r for r in spread if r["peer"] == "torchserve" and r["concurrency"] == c)
+        key = f"c{c}, 2 load generators: canarycast --workers 2 / TorchServe"
+        ratios[f"{key}, throughput"] = ratio(a["forecasts_per_s"], b["forecasts_per_s"])
+        ratios[f"{key}, p99"] = ratio(a["p99_ms"], b["p99_ms"])
+        ratios[f"{key}, forecasts per server CPU-second"] = ratio(
+            a["forecasts_per_s"] / a["server_cpu_cores"],
+            b["forecasts_per_s"] / b["server_cpu_cores"],
+        )
     return {
         "handler_check": check,
         "runs": runs,
@@ -292,4 +306,68 @@ def peer_section(model: BenchModel, *, smoke: bool = False) -> dict[str, Any]:
         "torchserve_error": "",
         "batching": {"batchSize": BATCH_SIZE, "maxBatchDelay_ms": MAX_BATCH_DELAY_MS},
         "workers": 1,
+        "spread_runs": spread,
     }
+
+
+#: Load generator processes of the spread rows: one per canarycast worker, so that each
+#: holds one connection to one worker's own port as a router's replica channel does;
+#: TorchServe gets the same two generators on its one REST port.
+SPREAD_LOADGENS = 2
+
+
+def _spread_rows(
+    cc: Any, ts_process: subprocess.Popen[bytes], ts_port: int, horizon: int, model: BenchModel
+) -> list[dict[str, Any]]:
+    """canarycast with two worker processes against TorchServe, each under the same load
+    from SPREAD_LOADGENS generator processes side by side (callers split between them).
+    Forecasts/s are summed over the generators, p99 is the worst of them, server CPU is the
+    server's whole process tree (measured by the first generator)."""
+    targets = cc.worker_targets
+    per_gen: list[list[dict[str, Any]]] = [[] for _ in range(SPREAD_LOADGENS)]
+    for c in (16, 64):
+        for peer in ("canarycast", "torchserve"):
+            for g in range(SPREAD_LOADGENS):
+                kind: dict[str, str] = {}
+                if peer == "canarycast":
+                    target, pid = targets[g % len(targets)], cc.process.pid
+                    name = f"canarycast gRPC, 2 workers, concurrency {c}"
+                else:
+                    target, pid = f"127.0.0.1:{ts_port}", ts_process.pid
+                    name = f"TorchServe REST, concurrency {c}, 2 generators"
+                    kind = {"kind": "http", "path": "/predictions/lstm"}
+                per_gen[g].append(
+                    {
+                        "name": name,
+                        "target": target,
+                        "server_pids": [pid] if g == 0 else [],
+                        "concurrency": c // SPREAD_LOADGENS,
+                        "horizon": horizon,
+                        "history": model.lookback,
+                        "warmup": 2.0,  # both generators connect before either counts
+                        "duration": 5.0,
+                        **kind,
+                    }
+                )
+    with ThreadPoolExecutor(SPREAD_LOADGENS) as pool:
+        results = list(pool.map(run_loadgen, per_gen))
+    rows = []
+    i = 0
+    for c in (16, 64):
+        for peer in ("canarycast", "torchserve"):
+            parts = [results[g][i] for g in range(SPREAD_LOADGENS)]
+            i += 1
+            rows.append(
+                {
+                    "name": parts[0]["name"],
+                    "peer": peer,
+                    "workers": 2 if peer == "canarycast" else 1,
+                    "concurrency": c,
+                    "forecasts_per_s": sum(p["forecasts_per_s"] for p in parts),
+                    "p50_ms": max(p["p50_ms"] for p in parts),
+                    "p99_ms": max(p["p99_ms"] for p in parts),
+                    "errors": sum(p["errors"] for p in parts),
+                    "server_cpu_cores": parts[0]["server_cpu_cores"],
+                }
+            )
+    return rows

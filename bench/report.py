@@ -51,6 +51,36 @@ def _runs_table(runs: list[dict[str, Any]]) -> list[str]:
     )
 
 
+def _workers_table(rows: list[dict[str, Any]]) -> list[str]:
+    return _table(
+        [
+            "server",
+            "workers",
+            "concurrency",
+            "series per call",
+            "forecasts/s",
+            "p50 ms",
+            "p99 ms",
+            "errors",
+            "server CPU (cores)",
+        ],
+        [
+            [
+                r.get("peer", "canarycast"),
+                r["workers"],
+                r["concurrency"],
+                r.get("series_per_call", 1),
+                r["forecasts_per_s"],
+                r["p50_ms"],
+                r["p99_ms"],
+                r["errors"],
+                r["server_cpu_cores"],
+            ]
+            for r in rows
+        ],
+    )
+
+
 def _ratios(ratios: dict[str, float]) -> list[str]:
     return _table(["ratio (same run)", "value"], [[k, v] for k, v in ratios.items()])
 
@@ -145,7 +175,15 @@ def markdown(results: dict[str, Any], machine: dict[str, Any], total_seconds: fl
                 for r in s["roofline"]["rows"]
             ],
         )
-        out += _runs_table(s["runs"]) + _ratios(s["ratios"])
+        out += _runs_table(s["runs"])
+        if s.get("workers"):
+            out += [
+                "Worker processes: the same load over each worker's own port, from "
+                "load generators side by side (forecasts/s summed, p99 the worst).",
+                "",
+            ]
+            out += _workers_table(s["workers"])
+        out += _ratios(s["ratios"])
     p = results.get("peer")
     if p:
         out += ["## 2. Model server against TorchServe", ""]
@@ -156,7 +194,15 @@ def markdown(results: dict[str, Any], machine: dict[str, Any], total_seconds: fl
             "",
         ]
         if p["runs"]:
-            out += _runs_table(p["runs"]) + _ratios(p["ratios"])
+            out += _runs_table(p["runs"])
+            if p.get("spread_runs"):
+                out += [
+                    "Two load generators side by side, canarycast with two worker "
+                    "processes (one generator per worker port), TorchServe as above:",
+                    "",
+                ]
+                out += _workers_table(p["spread_runs"])
+            out += _ratios(p["ratios"])
     r = results.get("router")
     if r:
         out += ["## 3. Router cost (and nginx as the reference proxy)", ""]
