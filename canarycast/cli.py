@@ -575,7 +575,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def _token_arg(path: Path | None, kind: str = "admin") -> Any:
     """The token of `--KIND-token-file` (followed when the file changes: a rotated
     Secret) or of its environment variable; None when neither is set."""
-    from router.control import Token, load_admin_token, load_viewer_token
+    from canarycast.tokens import Token, load_admin_token, load_viewer_token
 
     if path is None:
         return load_viewer_token(None) if kind == "viewer" else load_admin_token(None)
@@ -687,8 +687,8 @@ def cmd_rollout(args: argparse.Namespace) -> int:
         phase_name,
         status_dict,
     )
+    from canarycast.tokens import load_admin_token, load_viewer_token
     from canarycast.v1 import rollout_pb2 as rpb
-    from router.control import load_admin_token, load_viewer_token
 
     try:
         token = load_admin_token(args.token_file) or load_viewer_token(None)
@@ -1090,7 +1090,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     import grpc
 
     from canarycast.rollout_client import RolloutClient, format_status
-    from router.control import load_admin_token
+    from canarycast.tokens import load_admin_token
     from server.data import DataError
     from server.model import build_model
     from server.registry import RegistryError
@@ -1216,6 +1216,46 @@ def cmd_health(args: argparse.Namespace) -> int:
     return health.run(args)
 
 
+#: The modules of the `server` extra (pyproject.toml) by import name: a base install
+#: (`pip install canarycast`) lacks them.
+SERVER_EXTRA = frozenset(
+    {"torch", "pandas", "pyarrow", "vega_datasets", "tqdm", "matplotlib", "scipy", "yaml"}
+)
+#: What each command needs of the extra (checked before it runs, so a base install gets a
+#: sentence, not a traceback). `forecast` needs it only with --dataset.
+NEEDS_SERVER_EXTRA: dict[str, tuple[str, ...]] = {
+    "train": ("torch", "pandas", "tqdm", "vega_datasets"),
+    "serve": ("torch", "pandas"),
+    "drift": ("torch", "pandas", "scipy", "vega_datasets"),
+    "retrain": ("torch", "pandas", "scipy", "tqdm", "vega_datasets"),
+    "pipeline": ("torch", "pandas", "yaml", "tqdm", "vega_datasets"),
+    "demo": ("torch", "pandas", "matplotlib", "scipy", "vega_datasets"),
+    "forecast --dataset": ("pandas", "vega_datasets"),
+}
+
+
+def missing_server_extra(args: argparse.Namespace) -> str | None:
+    """The first module of the server extra that the command needs and cannot import."""
+    import importlib.util
+
+    command = args.command
+    if command == "forecast" and getattr(args, "dataset", None) is not None:
+        command = "forecast --dataset"
+    for module in NEEDS_SERVER_EXTRA.get(command, ()):
+        if importlib.util.find_spec(module) is None:
+            return module
+    return None
+
+
+def _needs_server_extra(command: str, module: str) -> int:
+    print(
+        f"canarycast {command}: needs the server extra: pip install 'canarycast[server]' "
+        f"(no module named {module!r})",
+        file=sys.stderr,
+    )
+    return 2
+
+
 COMMANDS = {
     "train": cmd_train,
     "serve": cmd_serve,
@@ -1235,8 +1275,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     from canarycast.telemetry import configure_logging
 
     args = build_parser().parse_args(argv)
+    missing = missing_server_extra(args)
+    if missing is not None:
+        return _needs_server_extra(args.command, missing)
     configure_logging()
-    return COMMANDS[args.command](args)
+    try:
+        return COMMANDS[args.command](args)
+    except ModuleNotFoundError as exc:  # one the table above does not name
+        top = (exc.name or "").partition(".")[0]
+        if top not in SERVER_EXTRA:
+            raise
+        return _needs_server_extra(args.command, top)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,9 @@ and it is installed with them alone into a fresh virtual environment (no system 
 packages, no pip of its own: the suite's pip installs into it with `--python`). From there
 `canarycast health`, `canarycast forecast`, `canarycast rollout status` and the typed
 clients call a real model server and a real router with its controller, which run from the
-suite's own environment. The same commands run in the suite's environment, where torch is
+suite's own environment; `canarycast route` with its controller runs from the fresh venv
+itself; and every command that needs the `server` extra says so (exit 2), naming the
+missing module. The client commands run in the suite's environment, where torch is
 installed, load none of the heavy packages.
 """
 
@@ -17,6 +19,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import zipfile
 from collections.abc import Iterator
@@ -177,6 +180,7 @@ class Served:
     server: Component
     router: Component
     version: str  # what the stable alias names
+    registry: Path
 
 
 @pytest.fixture(scope="module")
@@ -221,7 +225,7 @@ def served(trained: TrainedRegistry, tmp_path_factory: pytest.TempPathFactory) -
             env={"CANARYCAST_ADMIN_TOKEN": TOKEN},
         )
         try:
-            yield Served(server, router, trained.v1.version)
+            yield Served(server, router, trained.v1.version, registry)
         finally:
             router.stop()
     finally:
@@ -307,7 +311,8 @@ codes.append(main(["health", "--target", server]))
 codes.append(main(["forecast", "--target", router, "--values", {history!r}, "--horizon", "2"]))
 codes.append(main(["rollout", "--router", router, "status"]))
 heavy = [m for m in {heavy!r} if m in sys.modules]
-print(json.dumps({{"codes": codes, "heavy": heavy}}))
+rollout = sorted(m for m in sys.modules if m.startswith(("router.", "server.")))
+print(json.dumps({{"codes": codes, "heavy": heavy, "rollout": rollout}}))
 """
 
 
@@ -326,4 +331,97 @@ def test_the_client_commands_load_no_heavy_package_where_it_is_installed(
     )
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout.splitlines()[-1])
-    assert result == {"codes": [0, 0, 0, 0, 0, 0, 0], "heavy": []}
+    # nor the controller, the control API or the lifecycle (the tokens: canarycast.tokens),
+    # but the plain recipe dataclasses whose defaults the parser shows
+    assert result == {"codes": [0, 0, 0, 0, 0, 0, 0], "heavy": [], "rollout": ["server.recipe"]}
+
+
+#: A command line of every command that needs the `server` extra.
+SERVER_COMMANDS = {
+    "train": ["train", "--dataset", "seattle-temps", "--name", MODEL],
+    "serve": ["serve", "--model", f"{MODEL}@stable"],
+    "drift": ["drift", "--model", MODEL, "--observations", "obs.db"],
+    "retrain": ["retrain", "--model", MODEL, "--observations", "obs.db"],
+    "pipeline": ["pipeline", "prepare"],
+    "demo": ["demo"],
+    "forecast": ["forecast", "--dataset", "seattle-temps"],
+}
+
+
+def test_a_bare_client_install_says_which_commands_need_the_server_extra(
+    client_venv: ClientVenv,
+) -> None:
+    cli, cwd = str(client_venv.canarycast), client_venv.root
+    for command, args in SERVER_COMMANDS.items():
+        out = run([cli, *args], cwd)
+        assert out.returncode == 2, (command, out.stderr)
+        assert out.stderr.startswith(
+            f"canarycast {command}: needs the server extra: pip install 'canarycast[server]' "
+            "(no module named '"
+        ), (command, out.stderr)
+        assert "Traceback" not in out.stderr
+
+
+def test_a_bare_install_runs_a_router_with_its_controller(
+    client_venv: ClientVenv, served: Served, tmp_path: Path
+) -> None:
+    """`canarycast route` with the embedded controller needs no server extra: run from the
+    fresh venv in front of the real server, it answers Forecast and the control API."""
+    cli, cwd = str(client_venv.canarycast), client_venv.root
+    registry = tmp_path / "registry"
+    shutil.copytree(served.registry, registry)
+    process = subprocess.Popen(
+        [
+            cli,
+            "route",
+            "--port",
+            "0",
+            "--stable",
+            served.server.target,
+            "--registry",
+            str(registry),
+            "--model",
+            MODEL,
+            "--state",
+            str(tmp_path / "state.db"),
+            "--observations",
+            str(tmp_path / "observations.db"),
+        ],
+        cwd=cwd,
+        env=clean_env(CANARYCAST_ADMIN_TOKEN=TOKEN),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: list[str] = []
+    try:
+        assert process.stderr is not None
+        ready: dict[str, object] = {}
+        for line in process.stderr:
+            lines.append(line)
+            if line.startswith("{") and json.loads(line).get("event") == "serving":
+                ready = json.loads(line)
+                break
+        assert ready, "".join(lines)
+        # keep reading its log, so that a full pipe never blocks it
+        drain = threading.Thread(target=lambda: lines.extend(process.stderr or ()), daemon=True)
+        drain.start()
+        target = f"127.0.0.1:{ready['port']}"
+        for _ in range(100):  # the router learns its backend's health asynchronously
+            out = run(
+                [cli, "forecast", "--target", target, "--values", HISTORY, "--horizon", "3"], cwd
+            )
+            if out.returncode == 0:
+                break
+        assert out.returncode == 0, out.stderr
+        status = run(
+            [cli, "rollout", "--router", target, "status", "--json"],
+            cwd,
+            CANARYCAST_ADMIN_TOKEN=TOKEN,
+        )
+        assert status.returncode == 0, status.stderr
+        assert json.loads(status.stdout)["phase"] == "idle"
+    finally:
+        process.terminate()
+        assert process.wait(60) == 0, "".join(lines[-20:])
