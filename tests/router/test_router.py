@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import numpy as np
 import pytest
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.util.types import AnyValue
 
 from canarycast import spans
 from canarycast.headers import VARIANT_HEADER
@@ -39,6 +41,12 @@ def request(series_id: str = "s", offset: int = 1000, horizon: int = 6) -> pb.Fo
 RPC_SPAN = "canarycast.v1.Forecaster/Forecast"
 
 
+def attrs(span: ReadableSpan) -> Mapping[str, AnyValue]:
+    """A finished span's attributes: the SDK always records them, though the type allows None."""
+    assert span.attributes is not None
+    return span.attributes
+
+
 def tracer_provider() -> tuple[TracerProvider, InMemorySpanExporter]:
     provider = TracerProvider()
     exporter = InMemorySpanExporter()
@@ -63,13 +71,13 @@ class Cluster:
         await self.stable.stop(grace=1)
         await self.canary.stop(grace=1)
 
-    def forecasts(self) -> list:  # type: ignore[type-arg]
+    def forecasts(self) -> list[ReadableSpan]:
         return [s for s in self.router_spans.get_finished_spans() if s.name == "forecast"]
 
 
 async def make_cluster(
-    trained: TrainedRegistry, *, load_canary: bool = True, **router_kw
-) -> Cluster:  # type: ignore[no-untyped-def]
+    trained: TrainedRegistry, *, load_canary: bool = True, **router_kw: Any
+) -> Cluster:
     trained.registry.set_alias(MODEL, "canary", trained.v2.version)
     server_provider, server_spans = tracer_provider()
     servers = []
@@ -174,9 +182,9 @@ async def test_header_forces_a_variant_and_bad_values_are_refused(cluster: Clust
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert VARIANT_HEADER in (err.value.details() or "")
     route_spans = await ended(
-        cluster.router_spans, lambda s: s.name == RPC_SPAN and spans.ROUTING_REASON in s.attributes
+        cluster.router_spans, lambda s: s.name == RPC_SPAN and spans.ROUTING_REASON in attrs(s)
     )
-    assert route_spans[0].attributes[spans.ROUTING_REASON] == "header"
+    assert attrs(route_spans[0])[spans.ROUTING_REASON] == "header"
 
 
 async def test_dual_run_records_both_variants_and_returns_only_the_chosen(
@@ -190,16 +198,13 @@ async def test_dual_run_records_both_variants_and_returns_only_the_chosen(
             if len(c.forecasts()) == 2:
                 break
             await asyncio.sleep(0.01)
-        recorded = {s.attributes[spans.VARIANT]: s for s in c.forecasts()}
+        recorded = {attrs(s)[spans.VARIANT]: s for s in c.forecasts()}
         assert set(recorded) == {"stable", "canary"}
-        assert recorded["stable"].attributes[spans.SHADOW] is False
-        assert recorded["canary"].attributes[spans.SHADOW] is True
-        assert recorded["canary"].attributes[spans.MODEL_VERSION] == registry_copy.v2.version
-        assert (
-            recorded["stable"].attributes[spans.CALL_ID]
-            == recorded["canary"].attributes[spans.CALL_ID]
-        )
-        rows = {v: spans.read_forecasts(s.attributes) for v, s in recorded.items()}
+        assert attrs(recorded["stable"])[spans.SHADOW] is False
+        assert attrs(recorded["canary"])[spans.SHADOW] is True
+        assert attrs(recorded["canary"])[spans.MODEL_VERSION] == registry_copy.v2.version
+        assert attrs(recorded["stable"])[spans.CALL_ID] == attrs(recorded["canary"])[spans.CALL_ID]
+        rows = {v: spans.read_forecasts(attrs(s)) for v, s in recorded.items()}
         for [row] in rows.values():  # one series in the call: one row in each span
             assert row.series_id == "paired"
             assert row.timestamps == rows["stable"][0].timestamps
@@ -280,8 +285,8 @@ async def test_traces_and_deadlines_reach_the_server(registry_copy: TrainedRegis
         server_forecast = next(
             s for s in c.server_spans.get_finished_spans() if s.name == "forecast"
         )
-        assert server_forecast.attributes[spans.VARIANT] == "stable"
-        assert router_call.attributes[spans.BACKEND] == f"127.0.0.1:{c.stable.port}"
+        assert attrs(server_forecast)[spans.VARIANT] == "stable"
+        assert attrs(router_call)[spans.BACKEND] == f"127.0.0.1:{c.stable.port}"
     finally:
         await c.close()
 
@@ -295,14 +300,14 @@ async def test_a_canary_that_is_not_serving_takes_no_traffic(
         assert {a.model.variant for a in answers} == {"stable"}
         assert c.router.metrics.failovers.labels("canary")._value.get() == 20
         reasons = {
-            s.attributes.get(spans.ROUTING_REASON)
+            attrs(s).get(spans.ROUTING_REASON)
             for s in await ended(c.router_spans, lambda s: s.name == RPC_SPAN, 20)
         }
         assert reasons == {"failover"}
         attempts = [
             s for s in c.router_spans.get_finished_spans() if s.name == spans.FAILED_ATTEMPT_SPAN
         ]
-        assert len(attempts) == 20 and {s.attributes[spans.VARIANT] for s in attempts} == {"canary"}
+        assert len(attempts) == 20 and {attrs(s)[spans.VARIANT] for s in attempts} == {"canary"}
         # a forced canary is not failed over: the caller asked for it
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await c.stub.Forecast(request(), metadata=((VARIANT_HEADER, "canary"),))
@@ -325,7 +330,7 @@ async def test_observe_is_validated_and_recorded_even_with_every_backend_down(
         ok = await c.stub.Observe(pb.ObserveRequest(observations=[obs]))
         assert ok.accepted_points == 2
         [recorded] = [s for s in c.router_spans.get_finished_spans() if s.name == "observe"]
-        assert spans.read_observations(recorded.attributes) == [
+        assert spans.read_observations(attrs(recorded)) == [
             ("a", (100 * 10**9, 200 * 10**9), (1.0, 2.0))
         ]
         bad = pb.SeriesObservation(
@@ -384,8 +389,8 @@ async def test_a_failed_call_is_counted_against_the_variant_that_failed(cluster:
     with pytest.raises(grpc.aio.AioRpcError):
         await cluster.stub.Forecast(bad, metadata=((VARIANT_HEADER, "canary"),))
     [call] = await ended(cluster.router_spans, lambda s: s.name == RPC_SPAN)
-    assert call.attributes[spans.VARIANT] == "canary"
-    assert call.attributes["rpc.grpc.status_code"] == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert attrs(call)[spans.VARIANT] == "canary"
+    assert attrs(call)["rpc.grpc.status_code"] == grpc.StatusCode.INVALID_ARGUMENT.value[0]
 
 
 def test_record_writes_each_series_of_a_call_as_the_old_per_series_spans_did() -> None:
@@ -398,7 +403,11 @@ def test_record_writes_each_series_of_a_call_as_the_old_per_series_spans_did() -
     hour = 3600 * 10**9
     t0 = 1_262_304_000 * 10**9
     rng = np.random.default_rng(3)
-    histories = {"long": rng.normal(size=60), "untimed": rng.normal(size=5), "short": [2.0]}
+    histories: dict[str, np.ndarray | list[float]] = {
+        "long": rng.normal(size=60),
+        "untimed": rng.normal(size=5),
+        "short": [2.0],
+    }
     request = pb.ForecastRequest(horizon=3, quantiles=[0.1, 0.9])
     answer = pb.ForecastResponse(model=pb.ModelRef(name="m", version="v1"))
     for sid, history in histories.items():

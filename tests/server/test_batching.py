@@ -5,12 +5,17 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import numpy as np
 import pytest
 
 from canarycast.errors import DeadlineExceeded, ResourceExhausted, Unavailable
-from server.batching import BatchStats, DynamicBatcher
+from server.batching import BatchStats, DynamicBatcher, RunFn
+
+#: The make_batcher fixture: DynamicBatcher's arguments, the batcher started.
+MakeBatcher = Callable[..., DynamicBatcher]
 
 
 class Recorder:
@@ -33,10 +38,10 @@ class Recorder:
 
 
 @pytest.fixture
-async def make_batcher():
+async def make_batcher() -> AsyncIterator[MakeBatcher]:
     made: list[DynamicBatcher] = []
 
-    def make(run, **kwargs):
+    def make(run: RunFn, **kwargs: Any) -> DynamicBatcher:
         b = DynamicBatcher(run, **kwargs)
         b.start()
         made.append(b)
@@ -47,7 +52,9 @@ async def make_batcher():
         await b.stop()
 
 
-async def test_concurrent_calls_share_a_forward_pass_and_get_their_own_rows(make_batcher):
+async def test_concurrent_calls_share_a_forward_pass_and_get_their_own_rows(
+    make_batcher: MakeBatcher,
+) -> None:
     run = Recorder()
     run.release.clear()  # hold the first pass so the others queue up
     stats: list[BatchStats] = []
@@ -65,7 +72,9 @@ async def test_concurrent_calls_share_a_forward_pass_and_get_their_own_rows(make
     assert sum(s.calls for s in stats) == 20
 
 
-async def test_batch_never_exceeds_max_size_and_multi_series_calls_stay_whole(make_batcher):
+async def test_batch_never_exceeds_max_size_and_multi_series_calls_stay_whole(
+    make_batcher: MakeBatcher,
+) -> None:
     run = Recorder()
     run.release.clear()
     batcher = make_batcher(run, max_batch_size=8, max_queue_delay=0.01)
@@ -80,7 +89,7 @@ async def test_batch_never_exceeds_max_size_and_multi_series_calls_stay_whole(ma
         np.testing.assert_array_equal(r.outputs[:, :, 0], np.ones((3, 2)) * i * 2)
 
 
-async def test_a_call_larger_than_the_batch_runs_alone(make_batcher):
+async def test_a_call_larger_than_the_batch_runs_alone(make_batcher: MakeBatcher) -> None:
     run = Recorder()
     batcher = make_batcher(run, max_batch_size=4, max_queue_delay=0.0)
     result = await batcher.submit(0, np.ones((10, 3)))
@@ -88,7 +97,7 @@ async def test_a_call_larger_than_the_batch_runs_alone(make_batcher):
     assert run.sizes == [10]
 
 
-async def test_max_batch_size_one_turns_batching_off(make_batcher):
+async def test_max_batch_size_one_turns_batching_off(make_batcher: MakeBatcher) -> None:
     run = Recorder()
     run.release.clear()
     batcher = make_batcher(run, max_batch_size=1, max_queue_delay=0.01)
@@ -99,7 +108,9 @@ async def test_max_batch_size_one_turns_batching_off(make_batcher):
     assert run.sizes == [1] * 6
 
 
-async def test_calls_pinned_to_different_models_never_share_a_pass(make_batcher):
+async def test_calls_pinned_to_different_models_never_share_a_pass(
+    make_batcher: MakeBatcher,
+) -> None:
     run = Recorder()
     run.release.clear()
     batcher = make_batcher(run, max_batch_size=64, max_queue_delay=0.01)
@@ -113,7 +124,7 @@ async def test_calls_pinned_to_different_models_never_share_a_pass(make_batcher)
         np.testing.assert_array_equal(r.outputs[:, :, 0], np.full((1, 2), 102.0))
 
 
-async def test_expired_call_is_not_computed(make_batcher):
+async def test_expired_call_is_not_computed(make_batcher: MakeBatcher) -> None:
     run = Recorder()
     run.release.clear()
     stats: list[BatchStats] = []
@@ -130,7 +141,7 @@ async def test_expired_call_is_not_computed(make_batcher):
     assert sum(s.expired for s in stats) == 1
 
 
-async def test_cancelled_call_is_skipped(make_batcher):
+async def test_cancelled_call_is_skipped(make_batcher: MakeBatcher) -> None:
     run = Recorder()
     run.release.clear()
     batcher = make_batcher(run, max_batch_size=1, max_queue_delay=0.0)
@@ -146,7 +157,7 @@ async def test_cancelled_call_is_skipped(make_batcher):
     assert batcher.queue_depth == 0
 
 
-async def test_full_queue_is_refused_at_once(make_batcher):
+async def test_full_queue_is_refused_at_once(make_batcher: MakeBatcher) -> None:
     run = Recorder()
     run.release.clear()
     batcher = make_batcher(run, max_batch_size=1, max_queue_delay=0.0, max_queue_size=4)
@@ -162,7 +173,7 @@ async def test_full_queue_is_refused_at_once(make_batcher):
     assert batcher.queue_depth == 0
 
 
-async def test_forward_failure_reaches_every_call_in_the_batch(make_batcher):
+async def test_forward_failure_reaches_every_call_in_the_batch(make_batcher: MakeBatcher) -> None:
     def broken(model: object, windows: np.ndarray) -> np.ndarray:
         raise RuntimeError("forward exploded")
 
@@ -175,7 +186,7 @@ async def test_forward_failure_reaches_every_call_in_the_batch(make_batcher):
     assert batcher.queue_depth == 0
 
 
-async def test_stop_finishes_queued_calls_then_refuses_new_ones():
+async def test_stop_finishes_queued_calls_then_refuses_new_ones() -> None:
     run = Recorder(delay=0.01)
     batcher = DynamicBatcher(run, max_batch_size=2, max_queue_delay=0.0)
     batcher.start()
@@ -188,7 +199,7 @@ async def test_stop_finishes_queued_calls_then_refuses_new_ones():
         await batcher.submit(0, np.ones((1, 2)))
 
 
-def test_bad_settings_are_refused():
+def test_bad_settings_are_refused() -> None:
     with pytest.raises(ValueError, match="max_batch_size"):
         DynamicBatcher(Recorder(), max_batch_size=0)
     with pytest.raises(ValueError, match="max_queue_delay"):
