@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.util.types import AnyValue
 
 from canarycast.spans import read_forecasts
 from canarycast.v1 import forecast_pb2 as pb
@@ -31,6 +34,23 @@ LOOKBACK = 48
 START_NS = int(SERIES.timestamps[0].astype("datetime64[ns]").astype(np.int64))
 
 
+def attrs(span: ReadableSpan) -> Mapping[str, AnyValue]:
+    """A finished span's attributes: the SDK always records them, though the type allows None."""
+    assert span.attributes is not None
+    return span.attributes
+
+
+def batch_sizes(exporter: InMemorySpanExporter) -> list[int]:
+    """The batch size each finished `forecast` span records."""
+    sizes: list[int] = []
+    for s in exporter.get_finished_spans():
+        if s.name == "forecast":
+            size = attrs(s)["canarycast.batch_size"]
+            assert isinstance(size, int), size
+            sizes.append(size)
+    return sizes
+
+
 @dataclass
 class Running:
     server: ModelServer
@@ -43,7 +63,7 @@ class Running:
         return health_pb2_grpc.HealthStub(self.channel)
 
 
-async def open_server(root, **settings) -> Running:  # type: ignore[no-untyped-def]
+async def open_server(root: Path, **settings: Any) -> Running:
     provider = TracerProvider()
     spans = InMemorySpanExporter()
     provider.add_span_processor(SimpleSpanProcessor(spans))
@@ -66,7 +86,7 @@ async def running(trained: TrainedRegistry) -> AsyncIterator[Running]:
     await r.server.stop(grace=1)
 
 
-def request(n: int = 1, horizon: int = 12, offset: int = 1000, **kwargs) -> pb.ForecastRequest:  # type: ignore[no-untyped-def]
+def request(n: int = 1, horizon: int = 12, offset: int = 1000, **kwargs: Any) -> pb.ForecastRequest:
     req = pb.ForecastRequest(horizon=horizon, **kwargs)
     for i in range(n):
         s = req.series.add(
@@ -139,7 +159,7 @@ async def test_get_model_describes_limits_and_lineage(
     assert info.reload_error == ""
 
 
-def _series(history, series_id: str = "a", **kw) -> pb.SeriesInput:  # type: ignore[no-untyped-def]
+def _series(history: Sequence[float], series_id: str = "a", **kw: Any) -> pb.SeriesInput:
     return pb.SeriesInput(series_id=series_id, history=history, **kw)
 
 
@@ -254,19 +274,11 @@ async def test_concurrent_calls_are_batched_and_equal_unbatched_results(
     try:
         offsets = [100 * k for k in range(32)]
         sequential = [await r.stub.Forecast(request(offset=o)) for o in offsets]
-        seq_sizes = [
-            s.attributes["canarycast.batch_size"]
-            for s in r.spans.get_finished_spans()
-            if s.name == "forecast"
-        ]
+        seq_sizes = batch_sizes(r.spans)
         assert set(seq_sizes) == {1}
         r.spans.clear()
         concurrent = await asyncio.gather(*(r.stub.Forecast(request(offset=o)) for o in offsets))
-        sizes = [
-            s.attributes["canarycast.batch_size"]
-            for s in r.spans.get_finished_spans()
-            if s.name == "forecast"
-        ]
+        sizes = batch_sizes(r.spans)
         assert max(sizes) > 1, sizes
         for a, b in zip(sequential, concurrent, strict=True):
             # one forward pass over many rows vs one row: same numbers up to float32 rounding
@@ -371,7 +383,7 @@ async def test_call_whose_deadline_passes_in_the_queue_is_not_computed(
             row.series_id
             for s in r.spans.get_finished_spans()
             if s.name == "forecast"
-            for row in read_forecasts(s.attributes)
+            for row in read_forecasts(attrs(s))
         }
         assert computed == {"s0"}
         dropped = r.server.metrics.dropped
@@ -391,14 +403,14 @@ async def test_spans_continue_the_callers_trace_and_carry_the_forecast(running: 
     spans = running.spans.get_finished_spans()
     assert call.context.trace_id == trace_id
     assert call.kind == trace.SpanKind.SERVER
-    assert call.attributes["rpc.grpc.status_code"] == 0
+    assert attrs(call)["rpc.grpc.status_code"] == 0
     # one span for the call, carrying both series as arrays
     [s] = [s for s in spans if s.name == "forecast"]
     assert s.context.trace_id == trace_id
     assert s.parent is not None and s.parent.span_id == call.context.span_id
-    assert s.attributes["canarycast.model.name"] == MODEL
-    assert s.attributes["canarycast.variant"] == "stable"
-    rows = read_forecasts(s.attributes)
+    assert attrs(s)["canarycast.model.name"] == MODEL
+    assert attrs(s)["canarycast.variant"] == "stable"
+    rows = read_forecasts(attrs(s))
     assert len(rows) == 2
     for row in rows:
         assert len(row.point) == 12 and len(row.timestamps) == 12
@@ -410,7 +422,7 @@ async def test_spans_continue_the_callers_trace_and_carry_the_forecast(running: 
         await running.stub.Forecast(pb.ForecastRequest(horizon=1))
     await running.health.Check(health_pb2.HealthCheckRequest())
     [rejected] = await ended(running.spans, lambda s: True)
-    assert rejected.attributes["rpc.grpc.status_code"] == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert attrs(rejected)["rpc.grpc.status_code"] == grpc.StatusCode.INVALID_ARGUMENT.value[0]
 
 
 async def test_metrics_endpoint_exposes_calls_batches_and_model(
