@@ -192,3 +192,45 @@ def test_drift_interval_is_checked_naming_the_flag() -> None:
 
     with pytest.raises(ValueError, match="--drift-interval"):
         RouterServer(RouterSettings(stable=["127.0.0.1:1"], drift_interval=0))
+
+
+async def test_the_controller_exports_the_stable_online_error_and_no_drift_scores(
+    registry_copy: TrainedRegistry, tmp_path: Path
+) -> None:
+    """The router's one drift gauge: the analyzer's stable error over the last
+    --drift-interval, windowed on the analyzer's own clock; the scores that need the model
+    come from the exporter, so the router registers none of them."""
+    import asyncio
+    import socket
+
+    from router.app import ControllerSettings, RouterServer, RouterSettings
+    from tests.router.test_analysis import forecast, observe
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"127.0.0.1:{s.getsockname()[1]}"
+    server = RouterServer(
+        RouterSettings(
+            stable=[dead],
+            controller=ControllerSettings(
+                registry=registry_copy.root, model=MODEL, state=tmp_path / "r.db", admin_token="t"
+            ),
+            drift_interval=0.5,
+        )
+    )
+    await server.start()
+    try:
+        assert server.analyzer is not None
+        registry = server.metrics.registry
+        for i in range(300):  # a stream of scored forecasts, as a serving router sees
+            series = f"s{i}"
+            server.analyzer.add_forecast(forecast(f"f{i}", (1.0, 2.0, 3.0), series=series))
+            server.analyzer.add_observation(observe((3.0, 4.0, 5.0), series=series))  # error 2
+            await asyncio.sleep(0.05)
+            if registry.get_sample_value("canarycast_drift_stable_online_error"):
+                break
+        assert registry.get_sample_value("canarycast_drift_stable_online_error") == 2.0
+        names = {family.name for family in registry.collect()}
+        assert not {"canarycast_drift_psi", "canarycast_drift_detected"} & names
+    finally:
+        await server.stop(0)
