@@ -82,8 +82,8 @@ async def test_a_new_desired_version_starts_a_rollout_like_rollout_start(
     world.analyzer.current = GOOD
     with capture_logs() as logs:
         await world.tick(11, times=4)
-    assert world.controller.record.rollout_id == r.rollout_id
-    assert world.controller.record.phase == Phase.PROMOTED
+    assert world.record.rollout_id == r.rollout_id
+    assert world.record.phase == Phase.PROMOTED
     assert registry_copy.registry.get_alias(MODEL, "stable") == v2
     assert len(world.controller.history()) == 1
     # logged once per change: "candidate of the rollout", then "is the stable version"
@@ -101,10 +101,10 @@ async def test_a_rolled_back_version_is_not_retried_but_a_new_one_is(
     await world.tick()
     world.analyzer.current = BAD
     await world.tick(11)
-    first = world.controller.record
+    first = world.record
     assert first.phase == Phase.ROLLED_BACK and world.traffic.weights[-1] == 0.0
     await world.tick(1, times=3)
-    assert world.controller.record.rollout_id == first.rollout_id  # not retried
+    assert world.record.rollout_id == first.rollout_id  # not retried
 
     # A restarted controller reads the history from the store: still not retried.
     world.controller.store.close()
@@ -113,14 +113,14 @@ async def test_a_rolled_back_version_is_not_retried_but_a_new_one_is(
     again.clock.now = world.clock.now + 100
     await again.controller.resume_after_restart()
     await again.tick()
-    assert again.controller.record.rollout_id == first.rollout_id
+    assert again.record.rollout_id == first.rollout_id
     assert len(again.controller.history()) == 1
 
     # Stable moves to v2 by hand and the values name v1 (the old stable): a new rollout.
     registry_copy.registry.set_alias(MODEL, "stable", v2)
     desired.write_text(v1)
     await again.tick()
-    r = again.controller.record
+    r = again.record
     assert r.rollout_id != first.rollout_id and r.candidate_version == v1
     assert (r.stable_version, r.phase) == (v2, Phase.PROGRESSING)
 
@@ -137,14 +137,14 @@ async def test_a_desired_version_waits_for_the_active_rollout(
     desired.write_text(v1)
     with capture_logs() as logs:
         await world.tick(1, times=3)
-    r = world.controller.record
+    r = world.record
     assert r.candidate_version == v2 and len(world.controller.history()) == 1
     waits = [e for e in logs if e["event"] == "desired_canary"]
     assert [e["action"] for e in waits] == ["wait"]  # logged once, not every tick
     await world.controller.rollback("enough", "alice")
     await world.tick()
-    assert world.controller.record.candidate_version == v1
-    assert world.controller.record.phase == Phase.PROGRESSING
+    assert world.record.candidate_version == v1
+    assert world.record.phase == Phase.PROGRESSING
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from dataclasses import replace
+from typing import TypedDict
 
 import numpy as np
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
@@ -26,6 +27,10 @@ from router.spans_in import (
 S = 1_000_000_000
 T0 = 1_700_000_000 * S
 TARGETS = [T0 + i * S for i in range(3)]
+
+#: Span attributes as spans.record_forecast writes them, lists included: its `extra`
+#: parameter is typed scalars-only, though older spans carried recent history in it.
+HistoryExtra = dict[str, str | int | float | bool | list[int] | list[float]]
 
 
 def routed_call(
@@ -295,6 +300,11 @@ def test_a_later_calls_history_scores_an_earlier_forecast_without_observe() -> N
             extra={span_names.CALL_ID: "call-1", span_names.SHADOW: variant == "canary"},
         )
     # a later call whose history covers hours 8..11 (the values that really happened)
+    later: HistoryExtra = {
+        span_names.CALL_ID: "call-2",
+        span_names.HISTORY_TIMESTAMPS: [8 * hour, 9 * hour, 10 * hour, 11 * hour],
+        span_names.HISTORY_VALUES: [9.0, 9.5, 10.0, 12.0],
+    }
     span_names.record_forecast(
         tracer,
         series_id="s",
@@ -305,11 +315,9 @@ def test_a_later_calls_history_scores_an_earlier_forecast_without_observe() -> N
         point=[12.0],
         timestamps=[12 * hour],
         scale=1.0,
-        extra={
-            span_names.CALL_ID: "call-2",
-            span_names.HISTORY_TIMESTAMPS: [8 * hour, 9 * hour, 10 * hour, 11 * hour],
-            span_names.HISTORY_VALUES: [9.0, 9.5, 10.0, 12.0],
-        },
+        # record_forecast's `extra` is typed scalars-only but writes list values as they are
+        # (HistoryExtra above); widening it is a change to canarycast/spans.py.
+        extra=later,  # type: ignore[arg-type]
     )
     assert processor.force_flush()
     evidence = analyzer.evidence(since=0.0)
@@ -335,7 +343,23 @@ class RecordingAnalyzer(Analyzer):
         super().add_observation(record)
 
 
-def _call_of_many_series(rng: np.random.Generator, k: int) -> dict[str, object]:
+class Call(TypedDict):
+    """A routed call's forecasts, spans.record_forecasts' arguments of the same names."""
+
+    series_ids: list[str]
+    forecast_ids: list[str]
+    points: np.ndarray
+    timestamps: np.ndarray
+    timed: np.ndarray
+    scales: np.ndarray
+    quantiles: np.ndarray
+    quantile_levels: tuple[float, ...]
+    history_counts: np.ndarray
+    history_times: np.ndarray
+    history_values: np.ndarray
+
+
+def _call_of_many_series(rng: np.random.Generator, k: int) -> Call:
     """A routed call's forecasts of `k` series: some untimed, some with recent history."""
     h, levels = 4, (0.1, 0.5, 0.9)
     timed = rng.random(k) < 0.8
@@ -357,12 +381,11 @@ def _call_of_many_series(rng: np.random.Generator, k: int) -> dict[str, object]:
     }
 
 
-def _emit_old_shape(tracer: Tracer, call: dict[str, object], extra: dict[str, object]) -> None:
+def _emit_old_shape(tracer: Tracer, c: Call, extra: dict[str, str | int | float | bool]) -> None:
     """The same forecasts, one span per series (what servers and routers wrote before)."""
-    c: dict[str, np.ndarray] = call  # type: ignore[assignment]
     ends = np.cumsum(c["history_counts"])
     for i, sid in enumerate(c["series_ids"]):
-        more = dict(extra)
+        more: HistoryExtra = dict(extra)
         n = int(c["history_counts"][i])
         if n:
             more[spans.HISTORY_TIMESTAMPS] = c["history_times"][ends[i] - n : ends[i]].tolist()
@@ -377,22 +400,17 @@ def _emit_old_shape(tracer: Tracer, call: dict[str, object], extra: dict[str, ob
             point=c["points"][i],
             timestamps=c["timestamps"][i] if c["timed"][i] else None,
             scale=float(c["scales"][i]),
+            # record_forecast's `extra` is typed scalars-only but writes list values as they
+            # are (HistoryExtra above); widening it is a change to canarycast/spans.py.
             extra=more,  # type: ignore[arg-type]
             quantile_levels=c["quantile_levels"],
             quantiles=c["quantiles"][i],
         )
 
 
-def _emit_new_shape(tracer: Tracer, call: dict[str, object], extra: dict[str, object]) -> None:
-    c: dict[str, np.ndarray] = call  # type: ignore[assignment]
-    counts = c["history_counts"]
+def _emit_new_shape(tracer: Tracer, c: Call, extra: dict[str, str | int | float | bool]) -> None:
     spans.record_forecasts(
-        tracer,
-        model_name="temps",
-        model_version="v1",
-        variant="stable",
-        extra=extra,  # type: ignore[arg-type]
-        **{**c, "history_counts": counts},  # type: ignore[arg-type]
+        tracer, model_name="temps", model_version="v1", variant="stable", extra=extra, **c
     )
 
 
@@ -408,14 +426,17 @@ async def test_many_series_spans_give_the_analyzer_exactly_what_one_series_spans
 
     def emit(tracer: Tracer, shape: str) -> None:
         for n, call in enumerate(calls):
-            extra = {spans.CALL_ID: f"call-{n}", spans.SHADOW: False}
+            extra: dict[str, str | int | float | bool] = {
+                spans.CALL_ID: f"call-{n}",
+                spans.SHADOW: False,
+            }
             (_emit_new_shape if shape == "new" else _emit_old_shape)(tracer, call, extra)
         ids = [a[0] for a in actuals]
         if shape == "new":
             counts = np.array([len(a[1]) for a in actuals])
-            times = np.concatenate([a[1] for a in actuals])
-            values = np.concatenate([a[2] for a in actuals])
-            spans.record_observations(tracer, ids, times, values, counts)
+            all_times = np.concatenate([a[1] for a in actuals])
+            all_values = np.concatenate([a[2] for a in actuals])
+            spans.record_observations(tracer, ids, all_times, all_values, counts)
         else:
             for series_id, times, values in actuals:
                 spans.record_observation(tracer, series_id, times, values)
@@ -443,9 +464,8 @@ async def test_many_series_spans_give_the_analyzer_exactly_what_one_series_spans
         await asyncio.to_thread(provider.shutdown)
         await server.stop(None)
     old, new = analyzers["old"], analyzers["new"]
-    assert len(old.seen) == sum(len(c["series_ids"]) for c in calls) + 2 + sum(  # type: ignore[arg-type]
-        int((c["history_counts"] > 0).sum())
-        for c in calls  # type: ignore[operator]
+    assert len(old.seen) == sum(len(c["series_ids"]) for c in calls) + 2 + sum(
+        int((c["history_counts"] > 0).sum()) for c in calls
     )
     assert new.seen == old.seen
     assert remote.seen == old.seen
