@@ -149,7 +149,9 @@ def world(trained: TrainedRegistry, tmp_path_factory: pytest.TempPathFactory) ->
         w = World(
             TrainedRegistry(root, trained.v1, trained.v2),
             workdir,
-            *components,
+            components[0],
+            components[1],
+            components[2],
             router=components[0],  # replaced just below
             port=free_port(),
             components=components,
@@ -175,7 +177,7 @@ async def test_1_a_corrupt_alias_file_refuses_promotion_and_nothing_else_changes
             aliases.write_bytes(damage)
             with pytest.raises(grpc.RpcError) as caught:
                 await asyncio.to_thread(client.promote, True)
-            code, details = caught.value.code(), caught.value.details()  # type: ignore[attr-defined]
+            code, details = caught.value.code(), caught.value.details()
             print(f"alias file {name}: Promote(full) -> {code.name}: {details}")
             assert code == grpc.StatusCode.FAILED_PRECONDITION, (code, details)
             assert "aliases.json" in details

@@ -150,9 +150,9 @@ async def test_calls_are_balanced_over_every_address_and_follow_the_answer_as_it
         await wait_until(lambda: len(pool.replicas) == 2, 20, "the next refresh adds it")
         async with asyncio.timeout(20):
             await router.wait_for_backends()
-        before = served(servers[0])
+        back_before = served(servers[0])
         await calls(router, 10)
-        assert served(servers[0]) == before + 5
+        assert served(servers[0]) == back_before + 5
     finally:
         await router.stop(grace=1)
 
