@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from types import ModuleType
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _generator():
+def _generator() -> ModuleType:
     spec = importlib.util.spec_from_file_location(
         "generate_stubs", ROOT / "scripts/generate_stubs.py"
     )

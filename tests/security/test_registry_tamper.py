@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -36,12 +37,12 @@ class Payload:
         self.marker = marker
 
     def __reduce__(self) -> tuple[object, tuple[str]]:
-        return (Path.touch, (str(self.marker),))  # type: ignore[return-value]
+        return (Path.touch, (str(self.marker),))
 
 
-def server(trained: TrainedRegistry, **settings: object) -> ModelServer:
+def server(trained: TrainedRegistry, **settings: Any) -> ModelServer:
     return ModelServer(
-        ServerSettings(registry=trained.root, model=f"{MODEL}@stable", port=0, **settings),  # type: ignore[arg-type]
+        ServerSettings(registry=trained.root, model=f"{MODEL}@stable", port=0, **settings),
         tracer_provider=TracerProvider(),
         metrics=ServerMetrics(),
     )

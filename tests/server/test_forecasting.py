@@ -26,7 +26,9 @@ HOUR = 3600 * NS_PER_S
 T0 = 1_700_000_000 * NS_PER_S
 
 
-def _answer(rng: np.random.Generator, k: int, h: int, levels: tuple[float, ...], **kw: Any):
+def _answer(
+    rng: np.random.Generator, k: int, h: int, levels: tuple[float, ...], **kw: Any
+) -> ForecastAnswer:
     times = rng.integers(-(2**62), 2**62, size=(k, h))
     times[:, 0] = T0  # whole seconds: nanos 0, left out of the wire
     times[0, :] = -5  # before 1970: negative seconds

@@ -138,7 +138,7 @@ def test_scale_windows_rule() -> None:
     scaled, loc, scale = scale_windows(np.array([[1.0, 2.0, 3.0, 4.0], [5.0, 5.0, 5.0, 5.0]]))
     np.testing.assert_allclose(loc, [[2.5], [5.0]])
     np.testing.assert_allclose(scale, [[1.0], [5e-8]])
-    np.testing.assert_allclose(scaled, [[-1.5, -0.5, 0.5, 1.5], [0, 0, 0, 0]])
+    np.testing.assert_allclose(scaled, [[-1.5, -0.5, 0.5, 1.5], [0.0, 0.0, 0.0, 0.0]])
     with pytest.raises(ValueError, match="batch, lookback"):
         scale_windows(np.zeros(4))
 
