@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from canarycast.processes import Component, start_controller_router, start_model_servers
-from canarycast.replay import Replayer, ReplaySeries
+from canarycast.replay import Replayer, ReplaySeries, ReplayStats
 from canarycast.rollout_client import RolloutClient
 from canarycast.v1 import rollout_pb2 as rpb
 from server.data import load_dataset
@@ -35,6 +35,11 @@ POLICY = {
 }
 
 
+#: The rollout_world fixture: the registry, the good candidate's version, and the stable
+#: server, canary server and router processes.
+RolloutWorld = tuple[TrainedRegistry, str, list[Component]]
+
+
 def canarycast(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "canarycast.cli", *args],
@@ -46,9 +51,7 @@ def canarycast(*args: str, env: dict[str, str] | None = None) -> subprocess.Comp
 
 
 @pytest.fixture
-def rollout_world(
-    registry_copy: TrainedRegistry, tmp_path: Path
-) -> Iterator[tuple[TrainedRegistry, str, list[Component]]]:
+def rollout_world(registry_copy: TrainedRegistry, tmp_path: Path) -> Iterator[RolloutWorld]:
     """stable = a tiny model (about seasonal naive); `good` = the default recipe."""
     good = train_and_register(
         load_dataset("seattle-temps"),
@@ -93,7 +96,7 @@ def replay_series() -> list[ReplaySeries]:
 
 async def replay_until_done(
     router: Component, client: RolloutClient, max_ticks: int = 400
-) -> tuple[int, object]:
+) -> tuple[rpb.Phase, ReplayStats]:
     replayer = Replayer(router.target, replay_series(), lookback=48, horizon=6, start=48)
     try:
         for _ in range(max_ticks):
@@ -106,7 +109,9 @@ async def replay_until_done(
         await replayer.close()
 
 
-async def test_good_candidate_is_promoted_then_a_worse_one_is_rolled_back(rollout_world) -> None:  # type: ignore[no-untyped-def]
+async def test_good_candidate_is_promoted_then_a_worse_one_is_rolled_back(
+    rollout_world: RolloutWorld,
+) -> None:
     trained, good, (_, _, router) = rollout_world
     client = RolloutClient(router.target, TOKEN)
     try:
@@ -201,7 +206,9 @@ async def test_good_candidate_is_promoted_then_a_worse_one_is_rolled_back(rollou
     assert any(e["event"] == "rollout_decision" and e["action"] == "promote" for e in logs)
 
 
-async def test_a_canary_killed_mid_rollout_is_rolled_back_by_the_guardrail(rollout_world) -> None:  # type: ignore[no-untyped-def]
+async def test_a_canary_killed_mid_rollout_is_rolled_back_by_the_guardrail(
+    rollout_world: RolloutWorld,
+) -> None:
     trained, good, (_, canary, router) = rollout_world
     with RolloutClient(router.target, TOKEN) as client:
         client.start(f"{MODEL}:{good}")
@@ -222,7 +229,9 @@ async def test_a_canary_killed_mid_rollout_is_rolled_back_by_the_guardrail(rollo
         assert trained.registry.get_alias(MODEL, "stable") == trained.v1.version
 
 
-async def test_a_restarted_router_resumes_the_rollout(rollout_world, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_a_restarted_router_resumes_the_rollout(
+    rollout_world: RolloutWorld, tmp_path: Path
+) -> None:
     trained, good, components = rollout_world
     stable, canary, router = components
     with RolloutClient(router.target, TOKEN) as client:
