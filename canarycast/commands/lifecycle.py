@@ -47,12 +47,8 @@ def add_parsers(sub: Any) -> None:
         metavar="PORT",
         help="run as an exporter on this port (0: a free one) instead of checking once",
     )
-    exporter.add_argument(
-        "--interval", type=float, default=300.0, help="seconds between checks (default: 300)"
-    )
-    exporter.add_argument(
-        "--metrics-host", default="127.0.0.1", help="where /metrics listens (default: 127.0.0.1)"
-    )
+    exporter.add_argument("--interval", type=float, help="seconds between checks (default: 300)")
+    exporter.add_argument("--metrics-host", help="where /metrics listens (default: 127.0.0.1)")
 
     p = sub.add_parser("retrain", help="train a candidate on data + observations, canary it")
     registry_arg(p)
@@ -110,7 +106,22 @@ def cmd_drift(args: argparse.Namespace) -> int:
     from server.data import DataError
     from server.registry import RegistryError
 
+    exporter_only = [
+        flag
+        for flag, value in (("--interval", args.interval), ("--metrics-host", args.metrics_host))
+        if value is not None
+    ]
+    if args.serve_metrics is None and exporter_only:
+        print(f"canarycast drift: {exporter_only[0]} needs --serve-metrics", file=sys.stderr)
+        return 2
+    if args.serve_metrics is not None and args.json:
+        print(
+            "canarycast drift: --json prints one report; not with --serve-metrics", file=sys.stderr
+        )
+        return 2
     if args.serve_metrics is not None:
+        args.interval = 300.0 if args.interval is None else args.interval
+        args.metrics_host = args.metrics_host or "127.0.0.1"
         return _drift_exporter(args)
     try:
         report = _drift_report(args)

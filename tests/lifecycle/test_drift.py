@@ -185,6 +185,10 @@ def test_exporter_flags_are_checked_naming_the_flag(tmp_path: Path) -> None:
     assert out.returncode == 2 and "--interval must be above 0" in out.stderr
     out = run_cli(*common, "--observations", str(tmp_path), "--serve-metrics", "70000")
     assert out.returncode == 2 and "--serve-metrics 70000" in out.stderr
+    out = run_cli(*common, "--observations", str(tmp_path), "--interval", "5")
+    assert out.returncode == 2 and "--interval needs --serve-metrics" in out.stderr
+    out = run_cli(*common, "--observations", str(tmp_path), "--serve-metrics", "0", "--json")
+    assert out.returncode == 2 and "--json" in out.stderr
 
 
 def test_drift_interval_is_checked_naming_the_flag() -> None:
