@@ -11,7 +11,7 @@ help:
 	@echo "make demo   train a model on real data, serve it, forecast (one machine)"
 	@echo "make test   the whole test suite (creates $(VENV) first)"
 	@echo "make soak   long reliability runs (load, fuzz, rolling restarts); figures in docs/soak/"
-	@echo "make check  ruff + mypy"
+	@echo "make check  ruff, ruff format, mypy, the import contracts"
 	@echo "make stubs  regenerate the gRPC stubs from protos/"
 	@echo "make audit  known vulnerabilities of the installed dependencies (needs network)"
 	@echo "make bench  the seven benchmark sections (< 20 min on 2 cores) -> bench/results/"
@@ -50,7 +50,7 @@ check: lint typecheck
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check canarycast server router tests
+	$(VENV)/bin/ruff format --check canarycast server router bench tests
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
