@@ -425,3 +425,35 @@ class WorkerMetrics:
             "Worker /metrics fetches that failed (the worker's last scrape was used).",
             value=self._failures,
         )
+
+
+def flush_spans(provider: object) -> None:
+    """Export the spans a worker's tracer provider holds: a worker leaves with os._exit,
+    which runs no atexit hook (a provider without ``shutdown``, the API's default, holds
+    none)."""
+    shutdown = getattr(provider, "shutdown", None)
+    if callable(shutdown):
+        shutdown()
+
+
+def serve_pod_metrics(
+    infos: Sequence[Mapping[str, Any]],
+    *,
+    prefix: str,
+    max_gauges: frozenset[str],
+    port: int | None,
+    host: str,
+) -> Any:
+    """The parent's /metrics on `port` (None: none): every worker's metrics (its
+    ``metrics_port`` in `infos`, on loopback) merged by :class:`WorkerMetrics` at each
+    scrape. Returns the endpoint (its ``port``, ``close``) or None."""
+    if port is None:
+        return None
+    from prometheus_client import CollectorRegistry
+
+    from canarycast.telemetry import serve_metrics
+
+    urls = [f"http://127.0.0.1:{i['metrics_port']}/metrics" for i in infos]
+    registry = CollectorRegistry()
+    registry.register(WorkerMetrics(urls, prefix=prefix, max_gauges=max_gauges))
+    return serve_metrics(registry, port, host)

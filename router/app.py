@@ -17,7 +17,6 @@ import grpc
 import structlog
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
-from prometheus_client import CollectorRegistry
 
 from canarycast.grpc_server import (
     RateLimit,
@@ -36,9 +35,10 @@ from canarycast.validation import Limits
 from canarycast.workers import (
     Supervisor,
     WorkerLink,
-    WorkerMetrics,
+    flush_spans,
     reserve_port,
     run_worker,
+    serve_pod_metrics,
     worker_ports,
 )
 from router.analysis import Analyzer
@@ -489,20 +489,17 @@ def run_workers(
         except (ValueError, OSError) as exc:
             print(f"canarycast route: worker {link.index}: {exc}", file=sys.stderr)
             return 1
-        finally:  # os._exit follows (no atexit): export the spans it holds
-            shutdown = getattr(provider, "shutdown", None)
-            if callable(shutdown):
-                shutdown()
+        finally:
+            flush_spans(provider)
 
     def ready(infos: list[dict[str, Any]]) -> Callable[[], None] | None:
-        endpoint = None
-        if settings.metrics_port is not None:
-            urls = [f"http://127.0.0.1:{i['metrics_port']}/metrics" for i in infos]
-            registry = CollectorRegistry()
-            registry.register(
-                WorkerMetrics(urls, prefix="canarycast_router", max_gauges=ROUTER_MAX_GAUGES)
-            )
-            endpoint = serve_metrics(registry, settings.metrics_port, settings.host)
+        endpoint = serve_pod_metrics(
+            infos,
+            prefix="canarycast_router",
+            max_gauges=ROUTER_MAX_GAUGES,
+            port=settings.metrics_port,
+            host=settings.host,
+        )
         log.info(
             "serving",
             port=shared,

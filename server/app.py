@@ -22,7 +22,6 @@ from typing import Any
 import numpy as np
 import structlog
 from opentelemetry import trace
-from prometheus_client import CollectorRegistry
 
 from canarycast.grpc_server import (
     FORECASTER,
@@ -40,9 +39,10 @@ from canarycast.validation import Limits
 from canarycast.workers import (
     Supervisor,
     WorkerLink,
-    WorkerMetrics,
     default_workers,
+    flush_spans,
     reserve_port,
+    serve_pod_metrics,
     worker_ports,
 )
 from server.batching import DynamicBatcher
@@ -289,20 +289,17 @@ def run_workers(
         except (RegistryError, ValueError, OSError) as exc:
             print(f"{error_prefix}: worker {link.index}: {exc}", file=sys.stderr)
             return 1
-        finally:  # a worker leaves with os._exit (no atexit): export the spans it holds
-            shutdown = getattr(trace.get_tracer_provider(), "shutdown", None)
-            if callable(shutdown):
-                shutdown()
+        finally:
+            flush_spans(trace.get_tracer_provider())
 
     def ready(infos: list[dict[str, Any]]) -> Callable[[], None] | None:
-        endpoint = None
-        if settings.metrics_port is not None:
-            urls = [f"http://127.0.0.1:{i['metrics_port']}/metrics" for i in infos]
-            registry = CollectorRegistry()
-            registry.register(
-                WorkerMetrics(urls, prefix="canarycast_server", max_gauges=MAX_GAUGES)
-            )
-            endpoint = serve_metrics(registry, settings.metrics_port, settings.host)
+        endpoint = serve_pod_metrics(
+            infos,
+            prefix="canarycast_server",
+            max_gauges=MAX_GAUGES,
+            port=settings.metrics_port,
+            host=settings.host,
+        )
         log.info(
             "serving",
             port=shared,
