@@ -51,7 +51,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from scipy import stats
 
 from server.data import DataError, Dataset, Series, load_dataset, split_points
-from server.model import LSTMForecaster, build_model, predict
+from server.model import load_version
 from server.observations import ObservationStore
 from server.recipe import DriftPolicy, ModelConfig
 from server.registry import ModelVersion, Registry, RegistryError
@@ -96,33 +96,10 @@ class DriftModel(Protocol):
     def predict(self, windows: np.ndarray) -> np.ndarray: ...
 
 
-@dataclass(frozen=True, eq=False)
-class _Version:
-    """A verified version and its network, for scoring (no warm-up, no watcher)."""
-
-    version: ModelVersion
-    config: ModelConfig
-    net: LSTMForecaster = field(repr=False)
-
-    @property
-    def version_id(self) -> str:
-        return self.version.version
-
-    @property
-    def point_index(self) -> int:
-        return self.config.quantiles.index(0.5)
-
-    def predict(self, windows: np.ndarray) -> np.ndarray:
-        return predict(self.net, windows)
-
-
 def load_stable(registry: Registry, model: str) -> DriftModel:
     """``model@stable``, its content hash verified by the registry (`RegistryError` if
     missing or corrupt)."""
-    resolved = registry.resolve(f"{model}@stable")
-    version, state_dict = registry.load(resolved.name, resolved.version)
-    config = ModelConfig.from_dict(version.config)
-    return _Version(version, config, build_model(config, state_dict))
+    return load_version(registry, f"{model}@stable")
 
 
 @dataclass(frozen=True)

@@ -15,42 +15,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import numpy as np
 import structlog
 
 from canarycast.periodic import Periodic
-from server.model import LSTMForecaster, ModelConfig, build_model, predict
-from server.registry import ModelRef, ModelVersion, Registry, RegistryError
+from server.model import LoadedModel, load_version
+from server.registry import ModelRef, Registry, RegistryError
 
 log = structlog.get_logger("canarycast.loader")
-
-
-@dataclass(frozen=True, eq=False)
-class LoadedModel:
-    """One verified model version, ready to forecast. Identity-hashed: the batcher
-    groups calls by the model object they were validated against."""
-
-    version: ModelVersion
-    config: ModelConfig
-    net: LSTMForecaster = field(repr=False)
-
-    @property
-    def name(self) -> str:
-        return self.version.name
-
-    @property
-    def version_id(self) -> str:
-        return self.version.version
-
-    @property
-    def point_index(self) -> int:
-        return self.config.quantiles.index(0.5)
-
-    def predict(self, windows: np.ndarray) -> np.ndarray:
-        """(n, lookback) raw values -> (n, horizon, quantiles) in original units."""
-        return predict(self.net, windows)
 
 
 def load_model(registry: Registry, ref: ModelRef | str) -> LoadedModel:
@@ -58,13 +31,9 @@ def load_model(registry: Registry, ref: ModelRef | str) -> LoadedModel:
 
     Raises `RegistryError` for a missing or corrupt version, ValueError for a bad config.
     """
-    resolved = registry.resolve(ref)
-    version, state_dict = registry.load(resolved.name, resolved.version)
-    config = ModelConfig.from_dict(version.config)
-    net = build_model(config, state_dict)
-    loaded = LoadedModel(version, config, net)
+    loaded = load_version(registry, ref)
     # Warm-up: the first forward pass allocates; do it before the model takes traffic.
-    loaded.predict(np.linspace(0.0, 1.0, config.lookback, dtype=np.float64)[None, :])
+    loaded.predict(np.linspace(0.0, 1.0, loaded.config.lookback, dtype=np.float64)[None, :])
     return loaded
 
 

@@ -11,16 +11,23 @@ registry's, a traced one) serves the calibrated intervals.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from server.recipe import ModelConfig
 
+if TYPE_CHECKING:
+    from server.registry import ModelRef, ModelVersion, Registry
+
 __all__ = [
     "LSTMForecaster",
+    "LoadedModel",
     "ModelConfig",
     "build_model",
+    "load_version",
     "predict",
     "scale_windows",
 ]
@@ -162,3 +169,41 @@ def build_model(
         state.setdefault("interval_offset", torch.zeros_like(net.interval_offset))
         net.load_state_dict(state, strict=True)
     return net.eval()
+
+
+@dataclass(frozen=True, eq=False)
+class LoadedModel:
+    """One verified model version, ready to forecast. Identity-hashed: the batcher
+    groups calls by the model object they were validated against."""
+
+    version: ModelVersion
+    config: ModelConfig
+    net: LSTMForecaster = field(repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.version.name
+
+    @property
+    def version_id(self) -> str:
+        return self.version.version
+
+    @property
+    def point_index(self) -> int:
+        return self.config.quantiles.index(0.5)
+
+    def predict(self, windows: np.ndarray) -> np.ndarray:
+        """(n, lookback) raw values -> (n, horizon, quantiles) in original units."""
+        return predict(self.net, windows)
+
+
+def load_version(registry: Registry, ref: ModelRef | str) -> LoadedModel:
+    """Resolve `ref`, load its weights with the registry's content-hash check and build
+    the network (no warm-up: serving's loader adds it).
+
+    Raises `RegistryError` for a missing or corrupt version, ValueError for a bad config.
+    """
+    resolved = registry.resolve(ref)
+    version, state_dict = registry.load(resolved.name, resolved.version)
+    config = ModelConfig.from_dict(version.config)
+    return LoadedModel(version, config, build_model(config, state_dict))
