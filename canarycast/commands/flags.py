@@ -84,6 +84,23 @@ def tls_args(parser: argparse.ArgumentParser, prefix: str, title: str, *, server
         g.add_argument(f"{prefix}-key", type=Path, help="client private key for mTLS, PEM")
 
 
+def shutdown_args(parser: argparse.ArgumentParser) -> None:
+    """How a serving process (server or router) drains on SIGTERM and bounds its calls."""
+    p = parser
+    p.add_argument("--grace", type=float, default=10.0, help="drain time on SIGTERM, seconds")
+    p.add_argument(
+        "--drain-delay",
+        type=float,
+        default=0.0,
+        help="on SIGTERM, NOT_SERVING for this long before draining, seconds",
+    )
+    p.add_argument(
+        "--max-concurrent-rpcs",
+        type=int,
+        help="calls in progress at most; beyond it RESOURCE_EXHAUSTED at once (default: no limit)",
+    )
+
+
 def workers_args(parser: argparse.ArgumentParser, what: str, default: str) -> None:
     """`--workers` and `--worker-port-base` (canarycast/workers.py says how calls spread)."""
     g = parser.add_argument_group("worker processes")

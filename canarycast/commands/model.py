@@ -17,6 +17,7 @@ from canarycast.commands.flags import (
     rate_limit_from_flags,
     registry_arg,
     season_lengths,
+    shutdown_args,
     tls_args,
     workers_args,
 )
@@ -98,18 +99,7 @@ def add_parsers(sub: Any) -> None:
     )
     p.add_argument("--max-queue-size", type=int, default=8192, help="series queued at most")
     p.add_argument("--reload-interval", type=float, default=1.0, help="alias poll, seconds")
-    p.add_argument("--grace", type=float, default=10.0, help="drain time on SIGTERM, seconds")
-    p.add_argument(
-        "--drain-delay",
-        type=float,
-        default=0.0,
-        help="on SIGTERM, NOT_SERVING for this long before draining, seconds",
-    )
-    p.add_argument(
-        "--max-concurrent-rpcs",
-        type=int,
-        help="calls in progress at most; beyond it RESOURCE_EXHAUSTED at once (default: no limit)",
-    )
+    shutdown_args(p)
     workers_args(
         p, "server", "one per core this process may use; routers dial each worker's own port"
     )

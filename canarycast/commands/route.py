@@ -13,6 +13,7 @@ from canarycast.commands.flags import (
     limits_from_flags,
     port_limit_args,
     rate_limit_from_flags,
+    shutdown_args,
     tls_args,
     token_arg,
     workers_args,
@@ -71,18 +72,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument(
         "--keepalive", type=float, default=2.0, help="seconds to notice a stalled backend"
     )
-    p.add_argument("--grace", type=float, default=10.0, help="drain time on SIGTERM, seconds")
-    p.add_argument(
-        "--drain-delay",
-        type=float,
-        default=0.0,
-        help="on SIGTERM, NOT_SERVING for this long before draining, seconds",
-    )
-    p.add_argument(
-        "--max-concurrent-rpcs",
-        type=int,
-        help="calls in progress at most; beyond it RESOURCE_EXHAUSTED at once (default: no limit)",
-    )
+    shutdown_args(p)
     ctl = p.add_argument_group(
         "rollout controller (embedded; on when --registry and --model are given)"
     )
