@@ -176,6 +176,20 @@ def run_loadgen(scenarios: list[dict[str, Any]], *, progress: str = "") -> list[
     return result
 
 
+def combine_loadgens(parts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """One scenario run by load generators side by side: forecasts and calls per second
+    summed, p50 and p99 the worst of them, errors summed, server CPU as the first one
+    measured it (it alone is given the server's pids)."""
+    return {
+        "forecasts_per_s": sum(p["forecasts_per_s"] for p in parts),
+        "calls_per_s": sum(p["calls_per_s"] for p in parts),
+        "p50_ms": max(p["p50_ms"] for p in parts),
+        "p99_ms": max(p["p99_ms"] for p in parts),
+        "errors": sum(p["errors"] for p in parts),
+        "server_cpu_cores": parts[0]["server_cpu_cores"],
+    }
+
+
 def ratio(a: float, b: float) -> float:
     return float(a / b) if b else float("nan")
 

@@ -26,7 +26,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.common import CACHE, ROOT, BenchModel, ratio, run_loadgen, start_servers, stop_all
+from bench.common import (
+    CACHE,
+    ROOT,
+    BenchModel,
+    combine_loadgens,
+    ratio,
+    run_loadgen,
+    start_servers,
+    stop_all,
+)
 from bench.router_cost import free_port
 from server.loader import load_model
 from server.registry import Registry
@@ -363,11 +372,7 @@ def _spread_rows(
                     "peer": peer,
                     "workers": 2 if peer == "canarycast" else 1,
                     "concurrency": c,
-                    "forecasts_per_s": sum(p["forecasts_per_s"] for p in parts),
-                    "p50_ms": max(p["p50_ms"] for p in parts),
-                    "p99_ms": max(p["p99_ms"] for p in parts),
-                    "errors": sum(p["errors"] for p in parts),
-                    "server_cpu_cores": parts[0]["server_cpu_cores"],
+                    **combine_loadgens(parts),
                 }
             )
     return rows

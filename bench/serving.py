@@ -18,7 +18,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.common import BenchModel, ratio, run_loadgen, start_servers, stop_all
+from bench.common import (
+    BenchModel,
+    combine_loadgens,
+    ratio,
+    run_loadgen,
+    start_servers,
+    stop_all,
+)
 from server.loader import load_model
 from server.model import scale_windows
 from server.registry import Registry
@@ -217,12 +224,7 @@ def workers_rows(model: BenchModel, *, smoke: bool = False) -> dict[str, Any]:
                     "workers": n,
                     "concurrency": callers,
                     "series_per_call": k,
-                    "forecasts_per_s": sum(p["forecasts_per_s"] for p in parts),
-                    "calls_per_s": sum(p["calls_per_s"] for p in parts),
-                    "p50_ms": max(p["p50_ms"] for p in parts),
-                    "p99_ms": max(p["p99_ms"] for p in parts),
-                    "errors": sum(p["errors"] for p in parts),
-                    "server_cpu_cores": parts[0]["server_cpu_cores"],
+                    **combine_loadgens(parts),
                 }
             )
 
