@@ -26,6 +26,7 @@ RUN mkdir -p canarycast server router \
 COPY canarycast ./canarycast
 COPY server ./server
 COPY router ./router
+COPY cli ./cli
 RUN pip install --no-deps . && canarycast --version
 
 # ---- runtime: slim, non-root, no compilers, no pip cache ---------------------------------

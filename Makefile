@@ -50,7 +50,7 @@ check: lint typecheck
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check canarycast server router bench tests
+	$(VENV)/bin/ruff format --check canarycast server router cli bench tests
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy

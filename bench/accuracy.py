@@ -34,11 +34,11 @@ from typing import Any
 import numpy as np
 
 from bench.common import CACHE, ROOT
-from server.data import load_dataset, split_points
-from server.model import build_model, predict
-from server.pipeline import config_for
-from server.scoring import insample_seasonal_mae, seasonal_naive_forecast
-from server.training import TrainParams, train
+from server.lifecycle.data import load_dataset, split_points
+from server.lifecycle.model import build_model, predict
+from server.lifecycle.pipeline import config_for
+from server.lifecycle.scoring import insample_seasonal_mae, seasonal_naive_forecast
+from server.lifecycle.training import TrainParams, train
 
 STATS_VENV = CACHE / "stats-venv"
 STATS_SCRIPT = ROOT / "bench" / "stats_baselines.py"

@@ -38,7 +38,7 @@ EXPORT_METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 
 
 def _records(n: int) -> tuple[list[Any], list[Any]]:
-    from router.analysis import ForecastRecord, ObservationRecord
+    from router.rollout.analysis import ForecastRecord, ObservationRecord
 
     forecasts, observations = [], []
     for i in range(n):
@@ -64,7 +64,7 @@ def _records(n: int) -> tuple[list[Any], list[Any]]:
 
 
 def direct_rate(n: int) -> dict[str, Any]:
-    from router.analysis import Analyzer
+    from router.rollout.analysis import Analyzer
 
     analyzer = Analyzer(max_pending=n + 1, max_actuals=n * HORIZON + 1, ttl=1e9)
     forecasts, observations = _records(n)
@@ -102,8 +102,8 @@ def _make_spans(tracer: Any, n: int) -> None:
 def span_processor_rate(n: int) -> dict[str, Any]:
     from opentelemetry.sdk.trace import TracerProvider
 
-    from router.analysis import Analyzer
-    from router.spans_in import AnalyzerSpanProcessor
+    from router.rollout.analysis import Analyzer
+    from router.rollout.spans_in import AnalyzerSpanProcessor
 
     analyzer = Analyzer(max_pending=n + 1, max_actuals=n * HORIZON + 1, ttl=1e9)
     processor = AnalyzerSpanProcessor(analyzer, max_queue=4 * n)
@@ -128,8 +128,8 @@ def span_processor_rate(n: int) -> dict[str, Any]:
 
 def otlp_rate(n: int, batch: int = 512, concurrency: int = 2) -> dict[str, Any]:
     """Receiver in this process (its own event loop thread), sender in another process."""
-    from router.analysis import Analyzer
-    from router.spans_in import serve_otlp_receiver
+    from router.rollout.analysis import Analyzer
+    from router.rollout.spans_in import serve_otlp_receiver
 
     analyzer = Analyzer(max_pending=n + 1, max_actuals=n * HORIZON + 1, ttl=1e9)
     loop = asyncio.new_event_loop()
@@ -217,7 +217,7 @@ def _rss() -> int:
 
 def memory(n: int) -> dict[str, Any]:
     """Resident bytes per pending forecast with `n` pending (no actuals arrive)."""
-    from router.analysis import Analyzer
+    from router.rollout.analysis import Analyzer
 
     forecasts, _ = _records(n)
     analyzer = Analyzer(max_pending=n + 1, ttl=1e9)
@@ -256,8 +256,8 @@ def memory_in_fresh_process(n: int) -> dict[str, Any]:
 
 def judge_timing(sizes: tuple[int, ...]) -> list[dict[str, Any]]:
     """One decision on n rows of paired steps: 200 hourly series, a day-ahead horizon."""
-    from router import judge as j
-    from router.judge import Evidence, JudgePolicy, VariantStats, judge
+    from router.rollout import judge as j
+    from router.rollout.judge import Evidence, JudgePolicy, VariantStats, judge
 
     rng = np.random.default_rng(0)
     rows = []

@@ -36,7 +36,7 @@ class BenchModel:
     ref: str  # NAME:VERSION
 
     def config(self) -> dict[str, Any]:
-        from server.registry import Registry
+        from server.lifecycle.registry import Registry
 
         return dict(Registry(self.registry).resolve(self.ref).config)
 

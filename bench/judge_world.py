@@ -24,10 +24,10 @@ series are helped, some hurt. Quantiles are the median +- 1.2816 x the variant's
 error sd at that step (calibrated 80 % intervals, errors being Gaussian), times a width
 factor for the interval scenarios.
 
-Everything goes through the real ``router.analysis.Analyzer`` (records, observations,
+Everything goes through the real ``router.rollout.analysis.Analyzer`` (records, observations,
 ``evidence``); three judges read the same evidence every tick:
 
-- **new**: ``router.judge.judge(JudgePolicy(), evidence)`` (effective units);
+- **new**: ``router.rollout.judge.judge(JudgePolicy(), evidence)`` (effective units);
 - **raw-pair**: the judge before the rebuild, every evidence row an independent pair of
   mean scores (30 rows at least), on the rebuilt analyzer's *per-actual* rows (the old
   analyzer's rows were single paired steps; per-actual rows already sum the 24 steps that
@@ -53,9 +53,9 @@ import numpy as np
 import numpy.typing as npt
 
 from bench.kayenta import mann_whitney_baseline
-from router.analysis import Analyzer, ForecastRecord, ObservationRecord
-from router.confidence import optimal_rho, ratio_confidence_sequence
-from router.judge import Evidence, JudgePolicy, Verdict, judge
+from router.rollout.analysis import Analyzer, ForecastRecord, ObservationRecord
+from router.rollout.confidence import optimal_rho, ratio_confidence_sequence
+from router.rollout.judge import Evidence, JudgePolicy, Verdict, judge
 
 FloatArray = npt.NDArray[np.float64]
 

@@ -2,7 +2,7 @@
 
 Kayenta's canary analysis runs a two-sided Mann-Whitney U test of the canary's metric
 against the baseline's, re-run every interval. Not used in production: the router
-judges with ``router.judge.judge``.
+judges with ``router.rollout.judge.judge``.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from router.judge import Verdict
+from router.rollout.judge import Verdict
 
 __all__ = ["mann_whitney_baseline", "mann_whitney_z"]
 

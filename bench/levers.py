@@ -37,11 +37,11 @@ import numpy as np
 from tqdm import tqdm
 
 from bench.common import RESULTS
-from server.data import Dataset, load_dataset
-from server.model import ModelConfig, build_model, predict
-from server.pipeline import config_for
-from server.scoring import offline_scores
-from server.training import TrainParams, _build_windows, train
+from server.lifecycle.data import Dataset, load_dataset
+from server.lifecycle.model import ModelConfig, build_model, predict
+from server.lifecycle.pipeline import config_for
+from server.lifecycle.scoring import offline_scores
+from server.lifecycle.training import TrainParams, _build_windows, train
 
 DATASETS = ("seattle-temps", "sf-temps", "hourly-temps", "seattle-weather", "us-employment")
 LEVERS = (

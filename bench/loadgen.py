@@ -28,7 +28,7 @@ import numpy as np
 
 from bench.common import percentiles_ms, tree_cpu_seconds
 from canarycast.client import SeriesData, build_request, to_ns
-from server.data import load_dataset
+from server.lifecycle.data import load_dataset
 
 FORECAST_METHOD = "/canarycast.v1.Forecaster/Forecast"
 POOL = 256  # distinct requests per scenario, cycled

@@ -37,8 +37,8 @@ from bench.common import (
     stop_all,
 )
 from bench.router_cost import free_port
-from server.loader import load_model
-from server.registry import Registry
+from server.lifecycle.registry import Registry
+from server.serving.loader import load_model
 
 VENV = CACHE / "torchserve-venv"
 WORK = CACHE / "torchserve"

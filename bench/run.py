@@ -28,10 +28,10 @@ SECTIONS = ("serving", "peer", "router", "analysis", "growth", "accuracy", "judg
 
 def default_model() -> BenchModel:
     """The default recipe on seattle-temps, trained once and reused by its recipe key."""
-    from server.data import load_dataset
-    from server.pipeline import config_for, find_by_recipe, recipe_key, train_and_register
-    from server.registry import Registry
-    from server.training import TrainParams
+    from server.lifecycle.data import load_dataset
+    from server.lifecycle.pipeline import config_for, find_by_recipe, recipe_key, train_and_register
+    from server.lifecycle.registry import Registry
+    from server.lifecycle.training import TrainParams
 
     root = CACHE / "registry"
     registry = Registry(root)

@@ -26,9 +26,9 @@ from bench.common import (
     start_servers,
     stop_all,
 )
-from server.loader import load_model
-from server.model import scale_windows
-from server.registry import Registry
+from server.lifecycle.model import scale_windows
+from server.lifecycle.registry import Registry
+from server.serving.loader import load_model
 
 BATCH_SIZES = (1, 4, 16, 64, 256, 1024)
 #: Series per call of the multi-series scenarios (batching on; 64 with batching off too).

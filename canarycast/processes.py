@@ -81,7 +81,7 @@ def start_component(
 
     `stdout`: where its standard output goes (a file to keep it; discarded by default)."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "canarycast.cli", *args],
+        [sys.executable, "-m", "cli.main", *args],
         stdin=subprocess.DEVNULL,
         stdout=stdout,
         stderr=subprocess.PIPE,

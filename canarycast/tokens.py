@@ -1,9 +1,9 @@
 """Bearer tokens of the control API, for the side that checks them and the sides that send them.
 
-The router's `RolloutControl` guard (`router.control.AdminAuth`) checks them; a router
-replica that follows the controller (`router.follow`), `canarycast rollout …` and the retrain
-job send them. They live here, in the core, so that the request path and the clients need
-nothing of the rollout to hold one.
+The router's `RolloutControl` guard (`router.rollout.control.AdminAuth`) checks them; a
+router replica that follows the controller (`router.traffic.follow`), `canarycast rollout …`
+and the retrain job send them. They live here, in the core, so that the request path and
+the clients need nothing of the rollout to hold one.
 
 A token comes from a file given by flag, else from an environment variable
 (`CANARYCAST_ADMIN_TOKEN`, `CANARYCAST_VIEWER_TOKEN`). A `Token` read from a file follows the

@@ -1,5 +1,5 @@
 """A router process: the same `canarycast.v1.Forecaster` service as a model server,
-answered by forwarding to stable and canary backends (see `router.proxy`)."""
+answered by forwarding to stable and canary backends (see `router.traffic.proxy`)."""
 
 from __future__ import annotations
 
@@ -41,8 +41,13 @@ from canarycast.workers import (
     serve_pod_metrics,
     worker_ports,
 )
-from router.analysis import Analyzer
-from router.backends import (
+from router.metrics import DriftMetrics, RolloutMetrics, RouterMetrics
+from router.rollout.analysis import Analyzer
+from router.rollout.control import AdminAuth, RolloutControlServicer, TokenLike
+from router.rollout.controller import Controller, RolloutPolicy
+from router.rollout.spans_in import MAX_OTLP_MESSAGE, AnalyzerSpanProcessor, serve_otlp_receiver
+from router.rollout.store import RolloutStore
+from router.traffic.backends import (
     SERVICE,
     BackendPool,
     Replica,
@@ -50,17 +55,12 @@ from router.backends import (
     parse_dns_target,
     resolve,
 )
-from router.control import AdminAuth, RolloutControlServicer, TokenLike
-from router.controller import Controller, RolloutPolicy
-from router.follow import WeightFollower
-from router.metrics import DriftMetrics, RolloutMetrics, RouterMetrics
-from router.mirror import MirrorQueue
-from router.proxy import Router
-from router.routing import CANARY, STABLE, Mode, RoutingPolicy, StickyKey
-from router.spans_in import MAX_OTLP_MESSAGE, AnalyzerSpanProcessor, serve_otlp_receiver
-from router.store import RolloutStore
-from server.observations import ObservationStore
-from server.registry import Registry
+from router.traffic.follow import WeightFollower
+from router.traffic.mirror import MirrorQueue
+from router.traffic.proxy import Router
+from router.traffic.routing import CANARY, STABLE, Mode, RoutingPolicy, StickyKey
+from server.lifecycle.observations import ObservationStore
+from server.lifecycle.registry import Registry
 
 log = structlog.get_logger("canarycast.router")
 

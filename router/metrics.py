@@ -127,7 +127,8 @@ class RolloutMetrics:
 class DriftMetrics:
     """The stable model's online error from the analyzer (the controller sets it). The drift
     scores (`canarycast_drift_psi`, ...) come from the lifecycle's exporter,
-    `canarycast drift --serve-metrics` (`server.drift.DriftGauges`): they need the model."""
+    `canarycast drift --serve-metrics` (`server.lifecycle.drift.DriftGauges`): they need the
+    model."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.online_error = Gauge(

@@ -24,11 +24,11 @@ import pytest
 # Servers set their own count (cores // workers) and are not affected.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from server.data import load_dataset
-from server.model import ModelConfig
-from server.pipeline import config_for, train_and_register
-from server.registry import ModelVersion, Registry
-from server.training import TrainParams
+from server.lifecycle.data import load_dataset
+from server.lifecycle.model import ModelConfig
+from server.lifecycle.pipeline import config_for, train_and_register
+from server.lifecycle.registry import ModelVersion, Registry
+from server.lifecycle.training import TrainParams
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import ReadableSpan

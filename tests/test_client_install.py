@@ -76,7 +76,7 @@ def client_venv(tmp_path_factory: pytest.TempPathFactory) -> ClientVenv:
     src.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, src / name)
-    for package in ("canarycast", "server", "router"):
+    for package in ("canarycast", "server", "router", "cli"):
         shutil.copytree(ROOT / package, src / package, ignore=shutil.ignore_patterns("__pycache__"))
     # The suite's setuptools builds it (no isolated build environment to download; the dev
     # and server extras bring setuptools, grpcio-tools and torch require it).
@@ -297,7 +297,7 @@ def test_a_bare_client_install_calls_a_real_server_and_router(
 
 LAZY_SCRIPT = """
 import json, sys
-from canarycast.cli import main
+from cli.main import main
 
 server, router = sys.argv[1:3]
 codes = []
@@ -333,7 +333,11 @@ def test_the_client_commands_load_no_heavy_package_where_it_is_installed(
     result = json.loads(done.stdout.splitlines()[-1])
     # nor the controller, the control API or the lifecycle (the tokens: canarycast.tokens),
     # but the plain recipe dataclasses whose defaults the parser shows
-    assert result == {"codes": [0, 0, 0, 0, 0, 0, 0], "heavy": [], "rollout": ["server.recipe"]}
+    assert result == {
+        "codes": [0, 0, 0, 0, 0, 0, 0],
+        "heavy": [],
+        "rollout": ["server.lifecycle", "server.lifecycle.recipe"],
+    }
 
 
 #: A command line of every command that needs the `server` extra.

@@ -12,7 +12,7 @@ from pathlib import Path
 def test_the_demo_promotes_one_candidate_and_rolls_back_the_other(tmp_path: Path) -> None:
     def demo() -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "canarycast.cli", "demo", "--quick", "--workdir", str(tmp_path)],
+            [sys.executable, "-m", "cli.main", "demo", "--quick", "--workdir", str(tmp_path)],
             capture_output=True,
             text=True,
             timeout=400,

@@ -18,9 +18,9 @@ from canarycast.processes import Component, start_controller_router, start_model
 from canarycast.replay import Replayer, ReplaySeries, ReplayStats
 from canarycast.rollout_client import RolloutClient
 from canarycast.v1 import rollout_pb2 as rpb
-from server.data import load_dataset
-from server.pipeline import train_and_register
-from server.training import TrainParams
+from server.lifecycle.data import load_dataset
+from server.lifecycle.pipeline import train_and_register
+from server.lifecycle.training import TrainParams
 from tests.conftest import MODEL, TrainedRegistry, tiny_config
 
 TOKEN = "e2e-admin-token"
@@ -42,7 +42,7 @@ RolloutWorld = tuple[TrainedRegistry, str, list[Component]]
 
 def canarycast(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "canarycast.cli", *args],
+        [sys.executable, "-m", "cli.main", *args],
         capture_output=True,
         text=True,
         timeout=180,

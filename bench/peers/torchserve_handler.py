@@ -3,7 +3,7 @@
 The archive holds `model.pt` (the served network traced with torch.jit, same weights) and
 `config.json` (its ModelConfig). Each request body is JSON `{"history": [...], "horizon": h}`;
 the answer is `{"quantiles": [...], "point": [...], "lower": [...], "upper": [...]}`. The
-pre- and post-processing is `server.model.predict` step for step: per-window scaling by
+pre- and post-processing is `server.lifecycle.model.predict` step for step: per-window scaling by
 mean and mean absolute deviation, forward pass, quantiles sorted, unscaled. TorchServe
 batches requests (batchSize / maxBatchDelay in its config) and calls `handle` with the
 list; one forward pass answers them all.
@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-SCALE_FLOOR = 1e-8  # as server.model.SCALE_FLOOR
+SCALE_FLOOR = 1e-8  # as server.lifecycle.model.SCALE_FLOOR
 
 
 class LSTMHandler:

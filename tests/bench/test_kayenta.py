@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from bench.kayenta import mann_whitney_baseline, mann_whitney_z
-from router.judge import Verdict
+from router.rollout.judge import Verdict
 
 
 def _reference_z(stable: np.ndarray, canary: np.ndarray) -> float:

@@ -18,7 +18,7 @@ from tests.conftest import MODEL, TrainedRegistry
 
 def canarycast(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "canarycast.cli", *args],
+        [sys.executable, "-m", "cli.main", *args],
         capture_output=True,
         text=True,
         timeout=timeout,

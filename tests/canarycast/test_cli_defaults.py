@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from server.registry import Registry
-from server.servicer import lineage_to_proto
+from server.lifecycle.registry import Registry
+from server.serving.servicer import lineage_to_proto
 from tests.canarycast.test_cli import canarycast
 from tests.server.test_seasons import business_daily_file, half_hourly_file, weekly_file
 

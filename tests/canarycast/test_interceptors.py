@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry
 from canarycast.errors import PermissionDenied, Unauthenticated
 from canarycast.grpc_server import add_port, make_server
 from canarycast.interceptors import RpcMetrics
-from router.control import AdminAuth
+from router.rollout.control import AdminAuth
 
 CONTROL = "canarycast.v1.RolloutControl"
 ADMIN, VIEWER = "admin-token-1", "viewer-token-2"

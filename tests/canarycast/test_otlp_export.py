@@ -12,8 +12,8 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from canarycast.client import ForecastClient, SeriesData
 from canarycast.processes import start_component
 from canarycast.spans import read_forecasts
-from router.spans_in import any_value
-from server.data import load_dataset
+from router.rollout.spans_in import any_value
+from server.lifecycle.data import load_dataset
 from tests.conftest import MODEL, TrainedRegistry
 
 

@@ -6,7 +6,8 @@ import json
 
 from canarycast import headers
 from canarycast.variants import VARIANTS, Variant
-from router import analysis, routing
+from router.rollout import analysis
+from router.traffic import routing
 
 
 def test_variants_are_their_strings() -> None:

@@ -17,7 +17,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from router.controller import RolloutPolicy
+from router.rollout.controller import RolloutPolicy
 from tests.helm.conftest import (
     CHART,
     COMBINATIONS,

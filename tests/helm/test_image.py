@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from canarycast.cli import build_parser
+from cli.main import build_parser
 from tests.conftest import MODEL, TrainedRegistry
 from tests.helm.conftest import COMBINATIONS, ROOT, Render
 
@@ -111,7 +111,7 @@ def test_models_show_waits_for_an_alias_like_the_init_container(
     cmd = [
         sys.executable,
         "-m",
-        "canarycast.cli",
+        "cli.main",
         "models",
         "--registry",
         str(registry_copy.root),

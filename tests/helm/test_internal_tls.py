@@ -73,7 +73,7 @@ def assert_exec_probes(
     """`probes`: probe -> the grpc.health.v1 service it checks; each is `canarycast health`
     over TLS against the pod's own port, checking the name clients dial, parsed by the
     command's real argument parser."""
-    from canarycast.cli import build_parser
+    from cli.main import build_parser
 
     mounted = {m["mountPath"] for m in c["volumeMounts"]}
     for probe, service in probes.items():

@@ -20,11 +20,11 @@ from typing import Any
 import yaml
 from prometheus_client import CollectorRegistry
 
-from router.analysis import Analyzer
 from router.metrics import DriftMetrics, RolloutMetrics, RouterMetrics
-from router.spans_in import WANTED_SPANS
-from server.drift import DriftGauges
-from server.metrics import ServerMetrics
+from router.rollout.analysis import Analyzer
+from router.rollout.spans_in import WANTED_SPANS
+from server.lifecycle.drift import DriftGauges
+from server.serving.metrics import ServerMetrics
 from tests.helm.conftest import CHART, COMBINATIONS, Render, container, find
 
 FULL = "cc-canarycast"

@@ -12,9 +12,14 @@ import numpy as np
 import pytest
 
 from canarycast.validation import Observation
-from server.data import load_dataset
-from server.drift import DriftPolicy, detect_drift, load_stable, population_stability_index
-from server.observations import ObservationStore
+from server.lifecycle.data import load_dataset
+from server.lifecycle.drift import (
+    DriftPolicy,
+    detect_drift,
+    load_stable,
+    population_stability_index,
+)
+from server.lifecycle.observations import ObservationStore
 from tests.conftest import MODEL, TrainedRegistry
 
 START = 7000  # in the test split of both series: no model trained on these hours
@@ -81,7 +86,7 @@ def test_noisy_actuals_show_performance_drift_but_no_data_drift(
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "canarycast.cli", *args],
+        [sys.executable, "-m", "cli.main", *args],
         capture_output=True,
         text=True,
         timeout=120,

@@ -17,8 +17,8 @@ from canarycast.processes import start_component
 from canarycast.v1 import forecast_pb2 as pb
 from canarycast.v1 import forecast_pb2_grpc as pb_grpc
 from canarycast.validation import Observation
-from server.data import load_dataset
-from server.observations import ObservationStore, StoreError, observations_hash
+from server.lifecycle.data import load_dataset
+from server.lifecycle.observations import ObservationStore, StoreError, observations_hash
 
 HOUR = 3_600_000_000_000
 

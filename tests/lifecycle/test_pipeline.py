@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from server.registry import Registry, content_digest
+from server.lifecycle.registry import Registry, content_digest
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = {
@@ -42,7 +42,12 @@ def workspace(tmp_path: Path) -> Path:
     work.mkdir()
     shutil.copy(ROOT / "dvc.yaml", work / "dvc.yaml")
     (work / "params.yaml").write_text(yaml.safe_dump(TINY))
-    for dep in ("server/data.py", "server/retrain.py", "server/model.py", "server/training.py"):
+    for dep in (
+        "server/lifecycle/data.py",
+        "server/lifecycle/retrain.py",
+        "server/lifecycle/model.py",
+        "server/lifecycle/training.py",
+    ):
         (work / dep).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / dep, work / dep)
     return work
@@ -64,7 +69,9 @@ def check_outputs(work: Path) -> str:
 @pytest.mark.slow
 def test_the_stages_run_as_plain_commands(tmp_path: Path) -> None:
     work = workspace(tmp_path)
-    cli = [sys.executable, "-m", "canarycast.cli", "pipeline"]
+    # the console script, as dvc.yaml's stages run it (`python -m` would put the workspace,
+    # which holds copies of the stages' dependencies under server/, first on sys.path)
+    cli = [str(Path(sys.executable).with_name("canarycast")), "pipeline"]
     for stage in ("prepare", "train", "evaluate"):
         run([*cli, stage, "--no-progress"] if stage == "train" else [*cli, stage], work)
     check_outputs(work)

@@ -14,13 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from canarycast.cli import main
 from canarycast.client import ForecastClient
 from canarycast.processes import Component, start_controller_router, start_model_servers
 from canarycast.rollout_client import RolloutClient
 from canarycast.v1 import rollout_pb2 as rpb
-from server.data import load_dataset
-from server.observations import ObservationStore, observations_hash
+from cli.main import main
+from server.lifecycle.data import load_dataset
+from server.lifecycle.observations import ObservationStore, observations_hash
 from tests.conftest import MODEL, TrainedRegistry
 
 TOKEN = "retrain-admin-token"
@@ -32,7 +32,7 @@ def canarycast(*args: str, token: str | None = TOKEN) -> subprocess.CompletedPro
     if token:
         env["CANARYCAST_ADMIN_TOKEN"] = token
     return subprocess.run(
-        [sys.executable, "-m", "canarycast.cli", *args],
+        [sys.executable, "-m", "cli.main", *args],
         capture_output=True,
         text=True,
         timeout=300,
@@ -143,8 +143,8 @@ def test_retrain_on_drift_registers_a_candidate_and_starts_a_rollout(
 def test_holdout_points_train_on_everything_older_than_the_recent_period() -> None:
     """With ``holdout_points`` the newest observations are trained on: only the last
     ``holdout`` points are held out (and as many before them validate)."""
-    from server.data import split_points
-    from server.training import TrainParams
+    from server.lifecycle.data import split_points
+    from server.lifecycle.training import TrainParams
 
     assert split_points(8760) == (6132, 7446)  # 70 / 15 / 15 %
     assert split_points(8760, holdout=168) == (8760 - 336, 8760 - 168)

@@ -33,7 +33,7 @@ def test_the_probe_sees_a_heavy_import() -> None:
 
 
 def test_importing_the_registry_and_the_observation_store_loads_no_torch() -> None:
-    assert loaded_after("import server.registry, server.observations") == []
+    assert loaded_after("import server.lifecycle.registry, server.lifecycle.observations") == []
 
 
 def test_aliases_metadata_and_appends_need_no_torch(
@@ -42,8 +42,8 @@ def test_aliases_metadata_and_appends_need_no_torch(
     code = f"""
         import numpy as np
         from canarycast.validation import Observation
-        from server.observations import ObservationStore
-        from server.registry import ModelRef, Registry
+        from server.lifecycle.observations import ObservationStore
+        from server.lifecycle.registry import ModelRef, Registry
 
         registry = Registry({str(registry_copy.root)!r})
         assert {MODEL!r} in registry.models()

@@ -26,8 +26,8 @@ import numpy as np
 from canarycast.processes import Component, start_component
 from canarycast.v1 import forecast_pb2 as pb
 from canarycast.v1 import forecast_pb2_grpc as pb_grpc
-from server.data import load_dataset
-from server.registry import Registry
+from server.lifecycle.data import load_dataset
+from server.lifecycle.registry import Registry
 
 MODEL = "temps"
 TOKEN = "reliability-admin-token"

@@ -295,7 +295,7 @@ async def test_5_kill_9_the_canary_fails_no_call_and_the_guardrail_rolls_back(
 
 def route(args: list[str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "canarycast.cli", *args],
+        [sys.executable, "-m", "cli.main", *args],
         capture_output=True,
         text=True,
         timeout=60,

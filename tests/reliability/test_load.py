@@ -25,8 +25,8 @@ import pytest
 from canarycast.processes import Component
 from canarycast.rollout_client import RolloutClient
 from router.app import ControllerSettings, RouterServer, RouterSettings
-from router.controller import RolloutPolicy
-from router.judge import JudgePolicy
+from router.rollout.controller import RolloutPolicy
+from router.rollout.judge import JudgePolicy
 from tests.conftest import TrainedRegistry
 from tests.reliability.common import (
     HOLD_POLICY,

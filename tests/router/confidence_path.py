@@ -1,14 +1,15 @@
 """The ratio confidence sequence at every prefix of a stream of pairs, for the judge's tests.
 
-The judge computes the interval once per tick (``router.confidence.ratio_confidence_sequence``);
-the tests check its anytime validity by computing it at every t of a run in one pass.
+The judge computes the interval once per tick
+(``router.rollout.confidence.ratio_confidence_sequence``); the tests check its anytime
+validity by computing it at every t of a run in one pass.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from router.confidence import FloatArray, boundary_factor, optimal_rho, ratio_bounds
+from router.rollout.confidence import FloatArray, boundary_factor, optimal_rho, ratio_bounds
 
 
 def _prefix_moments(

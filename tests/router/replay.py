@@ -1,10 +1,10 @@
 """Replaying real rolling-origin forecasts of real models through the analyzer and the judge.
 
 `forecasts` trains a small model on a bundled dataset and forecasts every origin of its
-test period at once (the batch `server.model.predict`); `Replay` feeds those forecasts,
-tick by tick from a start offset, into a fresh `router.analysis.Analyzer` as the stable
+test period at once (the batch `server.lifecycle.model.predict`); `Replay` feeds those forecasts,
+tick by tick from a start offset, into a fresh `router.rollout.analysis.Analyzer` as the stable
 and the canary variant of the same calls, with each tick's actuals as observations, and
-judges every tick with `router.judge.judge` (and with the raw-pair judge it replaced)
+judges every tick with `router.rollout.judge.judge` (and with the raw-pair judge it replaced)
 until a decision or the end of the test period. Used by tests/router/test_judge_replay.py.
 """
 
@@ -19,17 +19,17 @@ import numpy as np
 
 from bench.judge_world import raw_pair_verdict
 from canarycast.validation import history_scale
-from router.analysis import Analyzer, ForecastRecord, ObservationRecord
-from router.judge import (
+from router.rollout.analysis import Analyzer, ForecastRecord, ObservationRecord
+from router.rollout.judge import (
     Judgement,
     JudgePolicy,
     Verdict,
     judge,
 )
-from server.data import Dataset, load_dataset, split_points
-from server.model import build_model, predict
-from server.pipeline import config_for
-from server.training import TrainParams, train
+from server.lifecycle.data import Dataset, load_dataset, split_points
+from server.lifecycle.model import build_model, predict
+from server.lifecycle.pipeline import config_for
+from server.lifecycle.training import TrainParams, train
 
 LEVELS = (0.1, 0.5, 0.9)
 

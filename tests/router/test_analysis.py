@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from router.analysis import (
+from router.rollout.analysis import (
     DEGENERATE_SCALE_FRACTION,
     Analyzer,
     CallRecord,
@@ -16,7 +16,7 @@ from router.analysis import (
     ObservationRecord,
     effective_scale,
 )
-from router.judge import CANARY_SCORE, COUNT, STABLE_SCORE, Evidence
+from router.rollout.judge import CANARY_SCORE, COUNT, STABLE_SCORE, Evidence
 
 
 def pairs(evidence: Evidence) -> np.ndarray:
@@ -220,7 +220,7 @@ def test_interval_score_of_the_served_quantiles(analyzer: Analyzer) -> None:
     """Gneiting and Raftery's interval score, scaled: width + 2 / beta * miss."""
     from dataclasses import replace
 
-    from router.judge import CANARY_INTERVAL, COUNT_INTERVAL, STABLE_INTERVAL
+    from router.rollout.judge import CANARY_INTERVAL, COUNT_INTERVAL, STABLE_INTERVAL
 
     base = forecast("s", (1.0, 1.0), call="c1", scale=2.0)
     analyzer.add_forecast(
@@ -249,7 +249,7 @@ def test_interval_score_of_the_served_quantiles(analyzer: Analyzer) -> None:
 def test_no_interval_without_a_central_pair_of_quantiles(analyzer: Analyzer) -> None:
     from dataclasses import replace
 
-    from router.judge import COUNT_INTERVAL
+    from router.rollout.judge import COUNT_INTERVAL
 
     base = forecast("s", (1.0,), call="c1")
     analyzer.add_forecast(replace(base, quantile_levels=(0.5,), quantiles=((1.0,),)))

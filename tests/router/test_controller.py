@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from canarycast.errors import FailedPrecondition, InvalidArgument, NotFound
-from router.controller import Controller, Phase, RolloutPolicy
-from router.judge import Evidence, JudgePolicy, VariantStats
-from router.store import DecisionRow, RolloutRecord, RolloutStore, StateError
+from router.rollout.controller import Controller, Phase, RolloutPolicy
+from router.rollout.judge import Evidence, JudgePolicy, VariantStats
+from router.rollout.store import DecisionRow, RolloutRecord, RolloutStore, StateError
 from tests.conftest import MODEL, TrainedRegistry
 
 RNG = np.random.default_rng(0)
@@ -128,7 +128,8 @@ def make_world(trained: TrainedRegistry, policy: RolloutPolicy = POLICY) -> Worl
         traffic=traffic,
         # EvidenceSource declares last_span_at a plain (settable) attribute, but the controller
         # only reads it; this fake derives it from the clock, read-only. Declaring it a
-        # read-only property in router/controller.py's Protocol would make this ignore unused.
+        # read-only property in router/rollout/controller.py's Protocol would make this
+        # ignore unused.
         analyzer=analyzer,  # type: ignore[arg-type]
         store=RolloutStore(trained.root / "rollouts.db"),
         policy=policy,
@@ -370,8 +371,8 @@ async def test_repeated_holds_are_recorded_once_per_kind_and_every_30_s(world: W
 async def test_status_shows_pairs_effective_units_and_each_judged_metric(world: World) -> None:
     """`rollout status` and the metrics show both counts and every judged metric."""
     from canarycast.rollout_client import format_status
-    from router.control import record_to_proto, status_to_proto
-    from router.judge import COUNT, COUNT_INTERVAL
+    from router.rollout.control import record_to_proto, status_to_proto
+    from router.rollout.judge import COUNT, COUNT_INTERVAL
 
     await world.controller.start(f"{MODEL}:{world.trained.v2.version}")
     # 400 units, each of 3 paired steps; intervals served on every step

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from router.controller import Phase, desired_canary_action
-from router.store import RolloutRecord
+from router.rollout.controller import Phase, desired_canary_action
+from router.rollout.store import RolloutRecord
 from tests.conftest import MODEL, TrainedRegistry
 from tests.router.test_controller import BAD, GOOD, POLICY, World, make_world
 
@@ -174,7 +174,7 @@ async def test_bad_desired_versions_are_refused_with_a_warning(
 async def test_the_route_command_passes_the_file_to_the_controller(
     registry_copy: TrainedRegistry, tmp_path: Path
 ) -> None:
-    from canarycast.cli import build_parser
+    from cli.main import build_parser
     from router.app import ControllerSettings, RouterServer, RouterSettings
 
     args = build_parser().parse_args(

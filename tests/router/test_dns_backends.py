@@ -16,8 +16,8 @@ import pytest
 
 from canarycast.v1 import forecast_pb2_grpc as pb_grpc
 from router.app import RouterServer, RouterSettings
-from router.backends import parse_dns_target, resolve
-from server.app import ModelServer, ServerSettings
+from router.traffic.backends import parse_dns_target, resolve
+from server.serving.app import ModelServer, ServerSettings
 from tests.conftest import MODEL, TrainedRegistry
 from tests.reliability.common import wait_until
 from tests.router.test_router import request

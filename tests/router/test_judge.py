@@ -1,4 +1,5 @@
-"""router.judge: unit tests of the policy, the interval, the effective units and the verdict.
+"""router.rollout.judge: unit tests of the policy, the interval, the effective units and the
+verdict.
 
 The acceptance tests are elsewhere: `test_judge_world.py` runs a world with
 dependent errors through the analyzer, `test_judge_replay.py` replays real
@@ -13,14 +14,14 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from router.confidence import (
+from router.rollout.confidence import (
     boundary_factor,
     optimal_rho,
     ratio_bounds,
     ratio_confidence_sequence,
     series_ratio_interval,
 )
-from router.judge import (
+from router.rollout.judge import (
     BLOCK,
     CANARY_SCORE,
     COUNT,

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from router.judge import JudgePolicy, Verdict
-from server.training import TrainParams
+from router.rollout.judge import JudgePolicy, Verdict
+from server.lifecycle.training import TrainParams
 from tests.router.replay import (
     Period,
     Replay,

@@ -1,4 +1,4 @@
-"""router.controller.next_action: the rollout's step decision, driven directly (no I/O).
+"""router.rollout.controller.next_action: the rollout's step decision, driven directly (no I/O).
 
 `test_controller.py` checks that the controller carries these actions out; here each
 branch of the decision is pinned, with its boundaries and its order of precedence.
@@ -11,7 +11,7 @@ from dataclasses import replace
 
 import pytest
 
-from router.controller import (
+from router.rollout.controller import (
     Hold,
     Pause,
     Phase,
@@ -22,8 +22,8 @@ from router.controller import (
     advance,
     next_action,
 )
-from router.judge import Judgement, Verdict
-from router.store import RolloutRecord
+from router.rollout.judge import Judgement, Verdict
+from router.rollout.store import RolloutRecord
 
 T0 = 1_000.0  # when the step began
 POLICY = RolloutPolicy(

@@ -18,8 +18,8 @@ from canarycast.processes import Component, start_component, start_model_servers
 from canarycast.v1 import forecast_pb2 as pb
 from canarycast.v1 import forecast_pb2_grpc as pb_grpc
 from router.app import RouterServer, RouterSettings
-from router.routing import Mode, StickyKey
-from server.data import load_dataset
+from router.traffic.routing import Mode, StickyKey
+from server.lifecycle.data import load_dataset
 from tests.conftest import MODEL, TrainedRegistry
 
 VALUES = load_dataset("seattle-temps").series[0].values
@@ -174,7 +174,7 @@ def test_route_command_serves_the_forecaster_through_real_processes(
                 [
                     sys.executable,
                     "-m",
-                    "canarycast.cli",
+                    "cli.main",
                     "forecast",
                     "--target",
                     router.target,

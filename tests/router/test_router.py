@@ -21,9 +21,9 @@ from canarycast.headers import VARIANT_HEADER
 from canarycast.v1 import forecast_pb2 as pb
 from canarycast.v1 import forecast_pb2_grpc as pb_grpc
 from router.app import RouterServer, RouterSettings
-from router.routing import Mode, StickyKey
-from server.app import ModelServer, ServerSettings
-from server.data import load_dataset
+from router.traffic.routing import Mode, StickyKey
+from server.lifecycle.data import load_dataset
+from server.serving.app import ModelServer, ServerSettings
 from tests.conftest import MODEL, TrainedRegistry, ended
 
 SERIES = load_dataset("seattle-temps").series[0]
@@ -397,7 +397,7 @@ def test_record_writes_each_series_of_a_call_as_the_old_per_series_spans_did() -
     """`Router.record` over a call of several series: per-series times, scales and recent
     history (where the times continue the history at a fixed step) as before."""
     from canarycast.validation import history_scale
-    from router.proxy import RECENT_HISTORY, Router
+    from router.traffic.proxy import RECENT_HISTORY, Router
 
     provider, exporter = tracer_provider()
     hour = 3600 * 10**9

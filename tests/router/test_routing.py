@@ -1,4 +1,4 @@
-"""router.routing.decide: a pure function, driven here by the thousand."""
+"""router.traffic.routing.decide: a pure function, driven here by the thousand."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from router.routing import (
+from router.traffic.routing import (
     CANARY,
     STABLE,
     Mode,

@@ -15,8 +15,8 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
 
 from canarycast import spans
-from router.analysis import Analyzer, CallRecord, ForecastRecord, ObservationRecord
-from router.spans_in import (
+from router.rollout.analysis import Analyzer, CallRecord, ForecastRecord, ObservationRecord
+from router.rollout.spans_in import (
     CALL_SPAN,
     AnalyzerSpanProcessor,
     any_value,
@@ -256,8 +256,8 @@ def test_a_failed_attempt_counts_as_a_failed_call_of_its_variant() -> None:
     from opentelemetry.sdk.trace import TracerProvider
 
     from canarycast import spans as span_names
-    from router.analysis import Analyzer
-    from router.spans_in import AnalyzerSpanProcessor
+    from router.rollout.analysis import Analyzer
+    from router.rollout.spans_in import AnalyzerSpanProcessor
 
     analyzer = Analyzer()
     provider = TracerProvider()
@@ -277,8 +277,8 @@ def test_a_later_calls_history_scores_an_earlier_forecast_without_observe() -> N
     from opentelemetry.sdk.trace import TracerProvider
 
     from canarycast import spans as span_names
-    from router.analysis import Analyzer
-    from router.spans_in import AnalyzerSpanProcessor
+    from router.rollout.analysis import Analyzer
+    from router.rollout.spans_in import AnalyzerSpanProcessor
 
     analyzer = Analyzer()
     provider = TracerProvider()

@@ -237,7 +237,7 @@ def test_route_and_rollout_commands_speak_mtls(
 
         def canarycast(*args: str) -> subprocess.CompletedProcess[str]:
             return subprocess.run(
-                [sys.executable, "-m", "canarycast.cli", *args],
+                [sys.executable, "-m", "cli.main", *args],
                 capture_output=True,
                 text=True,
                 timeout=300,
@@ -256,7 +256,7 @@ def test_route_and_rollout_commands_speak_mtls(
         assert refused.returncode == 1 and "UNAVAILABLE" in refused.stderr
 
         # `retrain` starts its rollout over the same mTLS (the chart's CronJob does this).
-        from server.observations import ObservationStore
+        from server.lifecycle.observations import ObservationStore
 
         store = registry_copy.root / "observations.db"
         ObservationStore(store).close()

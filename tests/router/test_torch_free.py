@@ -29,9 +29,14 @@ VALUES = [50.0 + (i % 24) / 4 for i in range(48)]
 
 def test_every_router_module_loads_no_torch_scipy_or_pandas() -> None:
     modules = sorted(
-        f"router.{m.name}" for m in pkgutil.iter_modules(router.__path__) if not m.ispkg
+        m.name for m in pkgutil.walk_packages(router.__path__, "router.") if not m.ispkg
     )
-    assert {"router.app", "router.controller", "router.proxy", "router.control"} <= set(modules)
+    assert {
+        "router.app",
+        "router.rollout.controller",
+        "router.traffic.proxy",
+        "router.rollout.control",
+    } <= set(modules)
     assert loaded_after("\n".join(f"import {m}" for m in modules)) == []
 
 
@@ -51,7 +56,7 @@ def mapped_heavy(pid: int) -> set[str]:
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "canarycast.cli", *args],
+        [sys.executable, "-m", "cli.main", *args],
         capture_output=True,
         text=True,
         timeout=120,

@@ -12,8 +12,8 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from router.controller import Webhook
-from router.store import DecisionRow, RolloutRecord
+from router.rollout.controller import Webhook
+from router.rollout.store import DecisionRow, RolloutRecord
 from tests.conftest import MODEL
 
 

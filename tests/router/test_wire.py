@@ -7,7 +7,7 @@ import pytest
 
 from canarycast.errors import InvalidArgument
 from canarycast.v1 import forecast_pb2 as pb
-from router.wire import first_series_id
+from router.traffic.wire import first_series_id
 
 
 @pytest.mark.parametrize(

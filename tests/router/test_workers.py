@@ -26,7 +26,7 @@ from canarycast.rollout_client import RolloutClient
 from canarycast.v1 import forecast_pb2 as pb
 from canarycast.v1 import forecast_pb2_grpc as pb_grpc
 from router.app import worker_observations
-from server.data import load_dataset
+from server.lifecycle.data import load_dataset
 from tests.conftest import MODEL, TrainedRegistry
 from tests.server.test_workers import alive, main, scrape
 

@@ -14,8 +14,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from opentelemetry.sdk.trace import TracerProvider
 
 from canarycast.tls import ClientTLS, ServerTLS
-from server.app import ModelServer, ServerSettings
-from server.metrics import ServerMetrics
+from server.serving.app import ModelServer, ServerSettings
+from server.serving.metrics import ServerMetrics
 from tests.conftest import MODEL, TrainedRegistry
 from tests.router import test_tls
 

@@ -13,7 +13,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from canarycast.v1 import rollout_pb2 as rpb
 from canarycast.v1 import rollout_pb2_grpc as rpb_grpc
 from router.app import ControllerSettings, RouterServer, RouterSettings
-from router.control import READ_METHODS, AdminAuth, Token, TokenLike, load_viewer_token
+from router.rollout.control import READ_METHODS, AdminAuth, Token, TokenLike, load_viewer_token
 from tests.conftest import MODEL, TrainedRegistry
 
 ADMIN = "admin-7f3a9c"
@@ -275,7 +275,7 @@ async def test_a_rotated_admin_token_takes_effect_without_a_restart(
 
 
 def test_a_follower_presents_the_token_as_it_is_now(tmp_path: Any) -> None:
-    from router.follow import WeightFollower
+    from router.traffic.follow import WeightFollower
 
     path = tmp_path / "viewer"
     path.write_text(VIEWER)

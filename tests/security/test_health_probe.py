@@ -10,9 +10,9 @@ import sys
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 
-from canarycast.cli import main
-from server.app import ModelServer, ServerSettings
-from server.metrics import ServerMetrics
+from cli.main import main
+from server.serving.app import ModelServer, ServerSettings
+from server.serving.metrics import ServerMetrics
 from tests.conftest import MODEL, TrainedRegistry
 from tests.security.conftest import Pki
 
@@ -75,7 +75,7 @@ async def test_the_probe_speaks_mtls_and_checks_the_name_it_is_told(
 def test_the_probe_does_not_import_torch() -> None:
     """Run every few seconds in each pod: it must stay cheap (grpc only)."""
     code = (
-        "import sys; from canarycast.cli import main; "
+        "import sys; from cli.main import main; "
         "rc = main(['health', '--target', '127.0.0.1:1', '--timeout', '0.5']); "
         "print(rc, 'torch' in sys.modules)"
     )

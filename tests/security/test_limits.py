@@ -9,17 +9,17 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2_grpc import TraceServiceStub
 from opentelemetry.sdk.trace import TracerProvider
 
-from canarycast.cli import _limits, _rate_limit, build_parser
 from canarycast.grpc_server import RateLimit, TokenBuckets, peer_address
 from canarycast.v1 import forecast_pb2 as pb
 from canarycast.v1 import forecast_pb2_grpc as pb_grpc
 from canarycast.v1 import rollout_pb2 as rpb
 from canarycast.v1 import rollout_pb2_grpc as rpb_grpc
 from canarycast.validation import Limits
+from cli.main import _limits, _rate_limit, build_parser
 from router.app import ControllerSettings, RouterServer, RouterSettings
 from router.metrics import RouterMetrics
-from server.app import ModelServer, ServerSettings
-from server.metrics import ServerMetrics
+from server.serving.app import ModelServer, ServerSettings
+from server.serving.metrics import ServerMetrics
 from tests.conftest import MODEL, TrainedRegistry
 from tests.security.test_tls import HISTORY
 

@@ -14,9 +14,9 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from canarycast.v1 import forecast_pb2 as pb
 from canarycast.v1 import forecast_pb2_grpc as pb_grpc
-from server.app import ModelServer, ServerSettings
-from server.metrics import ServerMetrics
-from server.registry import CorruptVersionError, ModelVersion
+from server.lifecycle.registry import CorruptVersionError, ModelVersion
+from server.serving.app import ModelServer, ServerSettings
+from server.serving.metrics import ServerMetrics
 from tests.conftest import MODEL, TrainedRegistry
 
 

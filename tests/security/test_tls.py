@@ -26,9 +26,9 @@ from canarycast.v1 import forecast_pb2_grpc as pb_grpc
 from canarycast.v1 import rollout_pb2 as rpb
 from canarycast.v1 import rollout_pb2_grpc as rpb_grpc
 from router.app import ControllerSettings, RouterServer, RouterSettings
-from server.app import ModelServer, ServerSettings
-from server.data import load_dataset
-from server.metrics import ServerMetrics
+from server.lifecycle.data import load_dataset
+from server.serving.app import ModelServer, ServerSettings
+from server.serving.metrics import ServerMetrics
 from tests.conftest import MODEL, TrainedRegistry
 from tests.router.test_tls import send_one_pair_and_wait
 from tests.security.conftest import Pki
@@ -288,7 +288,7 @@ def test_serve_route_and_forecast_commands_speak_mtls(trained: TrainedRegistry, 
                     [
                         sys.executable,
                         "-m",
-                        "canarycast.cli",
+                        "cli.main",
                         "forecast",
                         "--target",
                         router.target,

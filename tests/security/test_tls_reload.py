@@ -15,8 +15,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry.sdk.trace import TracerProvider
 
 from canarycast.tls import ServerTLS
-from server.app import ModelServer, ServerSettings
-from server.metrics import ServerMetrics
+from server.serving.app import ModelServer, ServerSettings
+from server.serving.metrics import ServerMetrics
 from tests.conftest import MODEL, TrainedRegistry
 from tests.router.test_tls import _cert, _write_key
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from canarycast.errors import DeadlineExceeded, ResourceExhausted, Unavailable
-from server.batching import BatchStats, DynamicBatcher, RunFn
+from server.serving.batching import BatchStats, DynamicBatcher, RunFn
 
 #: The make_batcher fixture: DynamicBatcher's arguments, the batcher started.
 MakeBatcher = Callable[..., DynamicBatcher]

@@ -1,4 +1,4 @@
-"""Tests for server.data: bundled real datasets, users' long-format files, splits."""
+"""Tests for server.lifecycle.data: bundled real datasets, users' long-format files, splits."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from server.data import (
+from server.lifecycle.data import (
     BUNDLED_DATASETS,
     DataError,
     Dataset,
@@ -129,7 +129,7 @@ def test_content_hash_stable_and_distinct() -> None:
     for h in hashes.values():
         assert len(h) == 64 and int(h, 16) >= 0
     # A fresh parse (not the cache) gives the same digest.
-    from server import data
+    from server.lifecycle import data
 
     data._load_bundled.cache_clear()
     assert load_dataset("seattle-temps").content_hash == hashes["seattle-temps"]

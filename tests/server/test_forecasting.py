@@ -11,7 +11,7 @@ import pytest
 from canarycast.errors import InvalidArgument
 from canarycast.v1 import forecast_pb2 as pb
 from canarycast.validation import Limits, history_scale, history_scales
-from server.forecasting import (
+from server.serving.forecasting import (
     NS_PER_S,
     ForecastAnswer,
     Forecaster,
@@ -20,7 +20,7 @@ from server.forecasting import (
     target_timestamps,
     times_out_of_range,
 )
-from server.servicer import build_forecasts, encode_forecasts
+from server.serving.servicer import build_forecasts, encode_forecasts
 
 HOUR = 3600 * NS_PER_S
 T0 = 1_700_000_000 * NS_PER_S

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from server.model import LSTMForecaster, ModelConfig, build_model, predict, scale_windows
+from server.lifecycle.model import LSTMForecaster, ModelConfig, build_model, predict, scale_windows
 
 TINY = ModelConfig(lookback=36, horizon=6, hidden=8, layers=1)
 
@@ -237,7 +237,7 @@ def test_state_dict_without_interval_offset_still_loads() -> None:
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::torch.jit.TracerWarning")
 def test_interval_offset_is_in_the_content_hash_and_a_traced_copy() -> None:
-    from server.registry import content_digest
+    from server.lifecycle.registry import content_digest
 
     plain, net = _random_model(), _calibrated()
     config = TINY.to_dict()

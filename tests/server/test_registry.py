@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import torch
 
-from server.registry import (
+from server.lifecycle.registry import (
     CorruptAliasError,
     CorruptVersionError,
     InvalidReferenceError,

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from server.scoring import (
+from server.lifecycle.scoring import (
     coverage_key,
     insample_seasonal_mae,
     offline_scores,

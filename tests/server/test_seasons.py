@@ -13,10 +13,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from server.data import load_dataset, read_long_format, season_length_for
-from server.model import ModelConfig
-from server.pipeline import config_for, explain_defaults
-from server.seasons import MAX_SEASON, derive, natural_seasons, primary_season
+from server.lifecycle.data import load_dataset, read_long_format, season_length_for
+from server.lifecycle.model import ModelConfig
+from server.lifecycle.pipeline import config_for, explain_defaults
+from server.lifecycle.seasons import MAX_SEASON, derive, natural_seasons, primary_season
 
 
 @pytest.mark.parametrize(
@@ -215,8 +215,8 @@ def test_bundled_datasets_take_their_defaults_from_the_data() -> None:
 
 
 def test_a_network_with_a_longer_season_starts_as_seasonal_naive() -> None:
-    from server.model import build_model, predict
-    from server.scoring import seasonal_naive_forecast
+    from server.lifecycle.model import build_model, predict
+    from server.lifecycle.scoring import seasonal_naive_forecast
 
     config = config_for(load_dataset("seattle-temps"), hidden=4, layers=1)
     assert config.seasons == (24, 168) and config.encoder_steps == 48

@@ -23,10 +23,10 @@ from canarycast.spans import read_forecasts
 from canarycast.v1 import forecast_pb2 as pb
 from canarycast.v1 import forecast_pb2_grpc as pb_grpc
 from canarycast.validation import Limits
-from server.app import SERVICE_NAME, ModelServer, ServerSettings
-from server.data import load_dataset
-from server.loader import load_model
-from server.metrics import ServerMetrics
+from server.lifecycle.data import load_dataset
+from server.serving.app import SERVICE_NAME, ModelServer, ServerSettings
+from server.serving.loader import load_model
+from server.serving.metrics import ServerMetrics
 from tests.conftest import MODEL, TrainedRegistry, ended
 
 SERIES = load_dataset("seattle-temps").series[0]

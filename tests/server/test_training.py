@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from server.data import DataError, Dataset, Series, load_dataset
-from server.model import ModelConfig, build_model, predict
-from server.pipeline import config_for
-from server.scoring import offline_scores
-from server.training import (
+from server.lifecycle.data import DataError, Dataset, Series, load_dataset
+from server.lifecycle.model import ModelConfig, build_model, predict
+from server.lifecycle.pipeline import config_for
+from server.lifecycle.scoring import offline_scores
+from server.lifecycle.training import (
     TrainParams,
     TrainResult,
     _build_windows,

@@ -24,15 +24,15 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from canarycast.cli import COMMANDS, build_parser
 from canarycast.processes import Component, start_component
 from canarycast.v1 import forecast_pb2 as pb
 from canarycast.v1 import forecast_pb2_grpc as pb_grpc
 from canarycast.workers import default_workers, merge_expositions, worker_ports
+from cli.main import COMMANDS, build_parser
 from router.app import RouterServer, RouterSettings
-from server.app import forward_with_threads, torch_threads
-from server.data import load_dataset
-from server.loader import load_model
+from server.lifecycle.data import load_dataset
+from server.serving.app import forward_with_threads, torch_threads
+from server.serving.loader import load_model
 from tests.conftest import MODEL, TrainedRegistry
 
 VALUES = load_dataset("seattle-temps").series[0].values
@@ -196,7 +196,7 @@ def test_workers_that_cannot_load_end_the_parent_with_the_reason(
 ) -> None:
     done = subprocess.run(
         [
-            *(sys.executable, "-m", "canarycast.cli", "serve", "--registry", str(trained.root)),
+            *(sys.executable, "-m", "cli.main", "serve", "--registry", str(trained.root)),
             *("--model", f"{MODEL}@nosuch", "--port", "0", "--workers", "2"),
         ],
         capture_output=True,
@@ -295,7 +295,7 @@ def test_a_parent_that_cannot_serve_its_metrics_stops_its_workers(
         port = taken.getsockname()[1]
         done = subprocess.run(
             [
-                *(sys.executable, "-m", "canarycast.cli", "serve", "--registry", str(trained.root)),
+                *(sys.executable, "-m", "cli.main", "serve", "--registry", str(trained.root)),
                 *("--model", f"{MODEL}@stable", "--port", "0", "--workers", "2"),
                 *("--metrics-port", str(port), "--grace", "1"),
             ],

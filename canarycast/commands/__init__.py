@@ -1,6 +1,0 @@
-"""The command line's command groups, one module each (`canarycast.cli` composes them).
-
-The CLI is the composition root: these modules may import anything of canarycast, server/
-and router/, but only inside the command that needs it, so that `canarycast --help` and
-the client commands start without torch, pandas or the rollout (a base install has none
-of the server extra; see `canarycast.cli.NEEDS_SERVER_EXTRA`)."""

@@ -1,0 +1,3 @@
+"""The `canarycast` command line, on top of everything: `cli.main` builds the parser from
+the command groups in `cli.commands` (a module each, shared flag groups in
+`cli.commands.flags`); `cli.demo` is the demo beside them. Nothing below imports it."""

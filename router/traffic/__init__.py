@@ -1,0 +1,2 @@
+"""The request path: routing decisions, backends and failover, the mirror queue of
+dual-run copies, the `Forecaster` proxy, the weight follower. Never imports the rollout."""

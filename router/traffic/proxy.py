@@ -1,0 +1,374 @@
+"""The request path of a router: route, forward raw bytes, fail over, mirror, record.
+
+`Router` knows nothing of the gRPC server it sits behind (`router.app` does the
+wiring): it takes the bytes a client sent, decides where they go
+(`router.traffic.routing.decide`), forwards them unchanged to a replica of that
+variant, and returns the replica's bytes unchanged. It decodes the request
+only for the routing key and the series' histories, and the answer only for
+the model version and the forecasts; the per-forecast spans are written just
+after the answer is returned, and the copy for the other variant (dual-run,
+shadow) goes through a bounded queue off the request path.
+
+Failover: when the chosen replica is unreachable (UNAVAILABLE) or no replica
+of the chosen variant is SERVING, the call is retried once on the other
+variant; Forecast is a pure function of its input, so this is always safe.
+A call whose variant was forced by the caller's header is never failed over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import random
+import secrets
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+
+import grpc
+import numpy as np
+import structlog
+from opentelemetry import propagate, trace
+
+from canarycast import spans
+from canarycast.errors import CanarycastError, FailedPrecondition, Unavailable
+from canarycast.headers import VARIANT_HEADER, requested_variant
+from canarycast.interceptors import decode_request
+from canarycast.messages import NS_PER_S, observations_from_proto
+from canarycast.v1 import forecast_pb2 as pb
+from canarycast.validation import Limits, history_scales, validate_observations
+from router.metrics import RouterMetrics
+from router.traffic import wire
+from router.traffic.backends import BackendPool, Metadata, Replica
+from router.traffic.mirror import MirrorJob, MirrorQueue
+from router.traffic.routing import CANARY, STABLE, Decision, Mode, Reason, RoutingPolicy, decide
+from server.lifecycle.observations import ObservationStore, StoreError
+
+log = structlog.get_logger("canarycast.router")
+
+
+class PassThrough(CanarycastError):
+    """A backend's error status, passed on to the client as it was."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.status_code = code  # type: ignore[misc]  # per instance: whatever the backend said
+
+
+class Router:
+    def __init__(
+        self,
+        stable: BackendPool,
+        canary: BackendPool | None,
+        policy: RoutingPolicy,
+        *,
+        mirror: MirrorQueue,
+        metrics: RouterMetrics,
+        tracer: trace.Tracer,
+        limits: Limits | None = None,
+        mirror_timeout: float = 5.0,
+        rng: random.Random | None = None,
+        observations: ObservationStore | None = None,
+    ) -> None:
+        self.pools: dict[str, BackendPool] = {STABLE: stable}
+        if canary is not None:
+            self.pools[CANARY] = canary
+        self._policy = replace(policy, has_canary=canary is not None)
+        self.mirror = mirror
+        self.metrics = metrics
+        self.tracer = tracer
+        self.limits = limits or Limits()
+        self.mirror_timeout = mirror_timeout
+        self._rng = rng or random.Random()
+        self.observations = observations  # durable store of accepted Observe points, if any
+        metrics.canary_weight.set(self._policy.effective_weight)
+
+    # -- the in-process control API (the controller of the canary analysis uses it) --
+
+    @property
+    def policy(self) -> RoutingPolicy:
+        return self._policy
+
+    def set_policy(self, policy: RoutingPolicy) -> None:
+        """Swap the routing policy; calls already routed are not affected."""
+        self._policy = replace(policy, has_canary=CANARY in self.pools)
+        self.metrics.canary_weight.set(self._policy.effective_weight)
+        log.info(
+            "routing_policy",
+            canary_weight=self._policy.canary_weight,
+            mode=str(self._policy.mode),
+            mirror_fraction=self._policy.mirror_fraction,
+        )
+
+    def set_weight(self, weight: float) -> None:
+        self.set_policy(replace(self._policy, canary_weight=weight))
+
+    def set_mode(self, mode: Mode | str) -> None:
+        self.set_policy(replace(self._policy, mode=Mode(mode)))
+
+    def describe_backends(self) -> str:
+        return "; ".join(pool.describe() for pool in self.pools.values())
+
+    # -- Forecaster --
+
+    async def forecast(self, raw: bytes, metadata: Metadata, remaining: float | None) -> bytes:
+        """Route and forward; only the routing key is read from the request (decoding it
+        and writing the forecast spans happen after the answer has left, in `record`)."""
+        key = wire.first_series_id(raw)
+        forced = self._forced(metadata)
+        decision = decide(self._policy, key, forced, self._rng.random(), self._rng.random())
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier)
+        trace_md = list(carrier.items())
+        deadline = None if remaining is None else time.monotonic() + remaining
+        variant, replica, response = await self._call(
+            "Forecast", raw, decision, forced is not None, trace_md, deadline
+        )
+        answer = pb.ForecastResponse.FromString(response)
+        trace.get_current_span().set_attributes(
+            {
+                spans.VARIANT: variant,
+                spans.BACKEND: replica.address,
+                spans.MODEL_VERSION: answer.model.version,
+                spans.ROUTING_REASON: str(
+                    decision.reason if variant == decision.variant else Reason.FAILOVER
+                ),
+            }
+        )
+        call_id = secrets.token_hex(8)
+        context = contextvars.copy_context()
+        asyncio.get_running_loop().call_soon(
+            self._record_raw, raw, answer, variant, call_id, False, context=context
+        )
+        if decision.mirror is not None and decision.mirror != variant:
+            self._mirror(decision.mirror, raw, trace_md, call_id, context)
+        return response
+
+    async def get_model(self, raw: bytes, metadata: Metadata, remaining: float | None) -> bytes:
+        forced = self._forced(metadata)
+        decision = Decision(forced or STABLE, Reason.HEADER if forced else Reason.WEIGHT, None)
+        deadline = None if remaining is None else time.monotonic() + remaining
+        _, _, response = await self._call(
+            "GetModel", raw, decision, forced is not None, [], deadline
+        )
+        return response
+
+    async def observe(self, raw: bytes) -> bytes:
+        """Validate and record observed values; no backend is needed, so none is lost.
+        With an observation store, the points are committed to it before the answer."""
+        request = decode_request(pb.ObserveRequest.FromString, raw)
+        observations = observations_from_proto(request)
+        total = validate_observations(observations, self.limits)
+        if self.observations is not None:
+            try:
+                await self.observations.append_async(observations)
+            except StoreError as exc:
+                raise Unavailable(f"observations not stored: {exc}") from exc
+        spans.record_observed(self.tracer, observations)
+        self.metrics.observed_points.inc(total)
+        return bytes(pb.ObserveResponse(accepted_points=total).SerializeToString())
+
+    # -- internals --
+
+    def _forced(self, metadata: Metadata) -> str | None:
+        forced = requested_variant(metadata)
+        if forced is not None and forced not in self.pools:
+            raise FailedPrecondition(
+                f"metadata {VARIANT_HEADER} asks for {forced!r}, but this router has no "
+                f"{forced} backend"
+            )
+        return forced
+
+    async def _call(
+        self,
+        method: str,
+        raw: bytes,
+        decision: Decision,
+        forced: bool,
+        trace_md: list[tuple[str, str]],
+        deadline: float | None,
+    ) -> tuple[str, Replica, bytes]:
+        attempts = [decision.variant]
+        if not forced and decision.other in self.pools:
+            attempts.append(decision.other)
+        for i, variant in enumerate(attempts):
+            reason = decision.reason if i == 0 else Reason.FAILOVER
+            last = i == len(attempts) - 1
+            replica = self.pools[variant].pick()
+            if replica is None:
+                spans.record_failed_attempt(
+                    self.tracer, variant, "", grpc.StatusCode.UNAVAILABLE.value[0], "none serving"
+                )
+                if not last:
+                    self.metrics.failovers.labels(variant).inc()
+                continue
+            remaining = None if deadline is None else max(deadline - time.monotonic(), 0.001)
+            metadata = [*trace_md, (VARIANT_HEADER, variant)]
+            # Before the call: a failure must count against the variant that failed.
+            trace.get_current_span().set_attributes(
+                {spans.VARIANT: variant, spans.BACKEND: replica.address}
+            )
+            started = time.perf_counter()
+            try:
+                if method == "Forecast":
+                    response = await replica.forecast(raw, remaining, metadata)
+                else:
+                    response = await replica.get_model(raw, remaining, metadata)
+            except grpc.aio.AioRpcError as exc:
+                code = exc.code()
+                self.metrics.backend_failures.labels(variant, code.name).inc()
+                if code == grpc.StatusCode.UNAVAILABLE:
+                    replica.mark_down()
+                    spans.record_failed_attempt(
+                        self.tracer, variant, replica.address, code.value[0], "unreachable"
+                    )
+                    if not last:
+                        self.metrics.failovers.labels(variant).inc()
+                        log.warning("failover", variant=variant, backend=replica.address)
+                        continue
+                if method == "Forecast":
+                    self.metrics.routed.labels(variant, str(reason), code.name).inc()
+                raise PassThrough(code, exc.details() or code.name) from exc
+            if method == "Forecast":
+                self.metrics.backend_latency.labels(variant).observe(time.perf_counter() - started)
+                self.metrics.routed.labels(variant, str(reason), "OK").inc()
+            return variant, replica, response
+        raise Unavailable(f"no backend is serving: {self.describe_backends()}")
+
+    def _mirror(
+        self,
+        variant: str,
+        raw: bytes,
+        trace_md: list[tuple[str, str]],
+        call_id: str,
+        context: contextvars.Context,
+    ) -> None:
+        async def run() -> None:
+            replica = self.pools[variant].pick()
+            if replica is None:
+                self.metrics.mirror_dropped.labels(variant).inc()
+                return
+            try:
+                response = await replica.forecast(
+                    raw, self.mirror_timeout, [*trace_md, (VARIANT_HEADER, variant)]
+                )
+            except grpc.aio.AioRpcError as exc:
+                self.metrics.mirrored.labels(variant, exc.code().name).inc()
+                if exc.code() == grpc.StatusCode.UNAVAILABLE:
+                    replica.mark_down()
+                return
+            self.metrics.mirrored.labels(variant, "OK").inc()
+            answer = pb.ForecastResponse.FromString(response)
+            context.run(self._record_raw, raw, answer, variant, call_id, True)
+
+        self.mirror.offer(MirrorJob(variant, run))
+        self.metrics.mirror_queue.set(self.mirror.depth)
+
+    def _record_raw(
+        self, raw: bytes, answer: pb.ForecastResponse, variant: str, call_id: str, mirrored: bool
+    ) -> None:
+        """`record` from the request's bytes; off the answer's path, so it never raises."""
+        try:
+            request = pb.ForecastRequest.FromString(raw)
+            self.record(request, answer, variant, call_id, mirrored)
+        except Exception:  # a span that cannot be written must not fail a delivered call
+            log.exception("forecast_record_failed", variant=variant, call_id=call_id)
+
+    def record(
+        self,
+        request: pb.ForecastRequest,
+        answer: pb.ForecastResponse,
+        variant: str,
+        call_id: str,
+        mirrored: bool,
+    ) -> None:
+        """The `forecast` spans of an answer (one per call, its series as arrays)."""
+        forecasts = answer.forecasts
+        k = len(forecasts)
+        if not k:
+            return
+        h = len(forecasts[0].point)
+        ids = [f.series_id for f in forecasts]
+        points = np.array([f.point for f in forecasts], dtype=np.float64).reshape(k, h)
+        counts = np.fromiter((len(f.timestamps) for f in forecasts), dtype=np.int64, count=k)
+        timed = counts > 0
+        if not np.isin(counts, (0, h)).all():
+            raise ValueError("an answer's forecasts disagree on their number of timestamps")
+        times = np.zeros((k, h), dtype=np.int64)
+        if timed.any():
+            flat = [t.seconds * NS_PER_S + t.nanos for f in forecasts for t in f.timestamps]
+            times[timed] = np.array(flat, dtype=np.int64).reshape(-1, h)
+        # Each answered series' history, by id (the answer keeps the request's order).
+        position = {s.series_id: i for i, s in enumerate(request.series)}
+        inputs = [request.series[position[x]] if x in position else None for x in ids]
+        histories = [
+            np.asarray(s.history if s is not None else (), dtype=np.float64) for s in inputs
+        ]
+        values = np.concatenate(histories)
+        lengths = np.fromiter(map(len, histories), dtype=np.int64, count=k)
+        levels = [q.quantile for q in forecasts[0].quantiles]
+        quantiles = None
+        if levels:
+            quantiles = np.array(
+                [[q.values for q in f.quantiles] for f in forecasts], dtype=np.float64
+            ).reshape(k, len(levels), h)
+        recent: dict[str, np.ndarray] = {}
+        if not mirrored:
+            recent = _recent_history(inputs, values, lengths, times, timed)
+        spans.record_forecasts(
+            self.tracer,
+            series_ids=ids,
+            forecast_ids=[f.forecast_id for f in forecasts],
+            model_name=answer.model.name,
+            model_version=answer.model.version,
+            variant=variant,
+            points=points,
+            timestamps=times if timed.any() else None,
+            timed=timed,
+            scales=history_scales(values, lengths),
+            extra={spans.CALL_ID: call_id, spans.SHADOW: mirrored},
+            quantile_levels=levels,
+            quantiles=quantiles,
+            history_counts=recent.get("counts"),
+            history_times=recent.get("times"),
+            history_values=recent.get("values"),
+        )
+
+
+#: How many of the latest history values a forecast span carries as implicit actuals.
+RECENT_HISTORY = 48
+
+
+def _recent_history(
+    inputs: Sequence[pb.SeriesInput | None],
+    values: np.ndarray,
+    lengths: np.ndarray,
+    targets: np.ndarray,
+    timed: np.ndarray,
+) -> dict[str, np.ndarray]:
+    """The last values of each history with their times, where those times are known
+    exactly: a start was given and the answer's targets continue the history at a fixed
+    step (a calendar step, months, is not evenly spaced: no times for that series)."""
+    k, h = targets.shape
+    starts = np.zeros(k, dtype=np.int64)
+    has_start = np.zeros(k, dtype=bool)
+    for i, s in enumerate(inputs):
+        if s is not None and s.HasField("start"):
+            has_start[i] = True
+            starts[i] = s.start.seconds * NS_PER_S + s.start.nanos
+    n = np.maximum(lengths, 1)
+    step, remainder = np.divmod(targets[:, 0] - starts, n)
+    fixed = targets[:, 1] - targets[:, 0] == step if h >= 2 else np.ones(k, dtype=bool)
+    ok = has_start & timed & (lengths > 0) & (step > 0) & (remainder == 0) & fixed
+    counts = np.where(ok, np.minimum(lengths, RECENT_HISTORY), 0)
+    total = int(counts.sum())
+    owner = np.repeat(np.arange(k), counts)
+    # j-th recent value of a series: history index n - count + j
+    j = np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)
+    index = lengths[owner] - counts[owner] + j
+    ends = np.cumsum(lengths)
+    return {
+        "counts": counts,
+        "times": starts[owner] + index * step[owner],
+        "values": values[ends[owner] - lengths[owner] + index],
+    }
