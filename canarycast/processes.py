@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from canarycast.environment import CANARYCAST_ADMIN_TOKEN
+
 
 class ProcessFailed(RuntimeError):
     """A component exited or did not become ready; carries its last log lines."""
@@ -188,5 +190,5 @@ def start_controller_router(
             str(policy),
             *extra,
         ],
-        env={"CANARYCAST_ADMIN_TOKEN": token},
+        env={CANARYCAST_ADMIN_TOKEN: token},
     )

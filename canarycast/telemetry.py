@@ -24,14 +24,12 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from prometheus_client import CollectorRegistry, start_http_server
 
-#: Standard OTel variable: when set, spans are exported with OTLP/gRPC to this endpoint.
-OTEL_EXPORTER_OTLP_ENDPOINT = "OTEL_EXPORTER_OTLP_ENDPOINT"
-#: Standard OTel variable naming the service in traces (default: the component name).
-OTEL_SERVICE_NAME = "OTEL_SERVICE_NAME"
-#: Standard OTel variable: spans per OTLP export (default here `spans.EXPORT_BATCH_SPANS`).
-OTEL_BSP_MAX_EXPORT_BATCH_SIZE = "OTEL_BSP_MAX_EXPORT_BATCH_SIZE"
-#: Log level of canarycast processes (DEBUG, INFO, WARNING, ERROR). Default INFO.
-CANARYCAST_LOG_LEVEL = "CANARYCAST_LOG_LEVEL"
+from canarycast.environment import (
+    CANARYCAST_LOG_LEVEL,
+    OTEL_BSP_MAX_EXPORT_BATCH_SIZE,
+    OTEL_EXPORTER_OTLP_ENDPOINT,
+    OTEL_SERVICE_NAME,
+)
 
 
 def add_trace_context(

@@ -22,11 +22,10 @@ from pathlib import Path
 
 import structlog
 
+from canarycast.environment import CANARYCAST_ADMIN_TOKEN, CANARYCAST_VIEWER_TOKEN
 from canarycast.files import stamp
 
 __all__ = [
-    "CANARYCAST_ADMIN_TOKEN",
-    "CANARYCAST_VIEWER_TOKEN",
     "Token",
     "TokenLike",
     "as_token",
@@ -34,10 +33,6 @@ __all__ = [
     "load_viewer_token",
 ]
 
-#: The admin token of the control API (a token file given by flag wins).
-CANARYCAST_ADMIN_TOKEN = "CANARYCAST_ADMIN_TOKEN"
-#: The read-only viewer token of the control API (`--viewer-token-file` wins).
-CANARYCAST_VIEWER_TOKEN = "CANARYCAST_VIEWER_TOKEN"
 log = structlog.get_logger("canarycast.tokens")
 
 

@@ -9,8 +9,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-#: Default registry directory for `train`, `serve` and `models` (flag `--registry` wins).
-CANARYCAST_REGISTRY = "CANARYCAST_REGISTRY"
+from canarycast.environment import CANARYCAST_REGISTRY
+
 DEFAULT_REGISTRY = "registry"
 
 
