@@ -141,7 +141,7 @@ def paired_difference(
 def run_stats(python: Path, request: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = Path(tmp) / "in.npz", Path(tmp) / "out.npz"
-        np.savez(src, **request)  # type: ignore[arg-type]
+        np.savez(src, **request)  # type: ignore[arg-type]  # numpy types **kwds as allow_pickle
         proc = subprocess.run(
             [str(python), str(STATS_SCRIPT), str(src), str(dst)],
             capture_output=True,

@@ -55,12 +55,18 @@ def run(
     needs_model = {"serving", "peer", "router", "growth"} & set(sections)
     if model is None and needs_model:
         model = default_model()
+    given = model
+
+    def served() -> BenchModel:
+        assert given is not None  # made above for every section that serves one
+        return given
+
     runners: dict[str, Callable[[], dict[str, Any]]] = {
-        "serving": lambda: serving.serving_section(model, smoke=smoke),  # type: ignore[arg-type]
-        "peer": lambda: peer.peer_section(model, smoke=smoke),  # type: ignore[arg-type]
-        "router": lambda: router_cost.router_section(model, smoke=smoke),  # type: ignore[arg-type]
+        "serving": lambda: serving.serving_section(served(), smoke=smoke),
+        "peer": lambda: peer.peer_section(served(), smoke=smoke),
+        "router": lambda: router_cost.router_section(served(), smoke=smoke),
         "analysis": lambda: analysis_cost.analysis_section(smoke=smoke),
-        "growth": lambda: serving.growth_section(model, smoke=smoke),  # type: ignore[arg-type]
+        "growth": lambda: serving.growth_section(served(), smoke=smoke),
         "accuracy": lambda: accuracy.accuracy_section(smoke=smoke),
         "judge": lambda: judge_world.judge_section(smoke=smoke),
     }

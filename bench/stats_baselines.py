@@ -79,7 +79,7 @@ def main(argv: list[str]) -> int:
         out[name], out[f"{name}-lo-80"], out[f"{name}-hi-80"] = point, lo, hi
         out[f"seconds-{name}"] = np.array(time.perf_counter() - started)
         out[f"error-{name}"] = np.array("; ".join(errors))
-    np.savez(target, **out)  # type: ignore[arg-type]
+    np.savez(target, **out)  # type: ignore[arg-type]  # numpy types **kwds as allow_pickle
     return 0
 
 

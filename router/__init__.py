@@ -8,5 +8,9 @@
   `RolloutControl`, the webhook).
 
 `router.metrics` (both parts' Prometheus metrics) and `router.app` (the process that wires
-them) sit beside the two. No module here imports torch, scipy or pandas.
+them) sit beside the two.
+
+May import: `canarycast`, and of `server/` only the torch-free registry and observation
+store (`server.lifecycle.registry`, `server.lifecycle.observations`). Never `cli/`; no
+torch, scipy or pandas.
 """

@@ -5,4 +5,6 @@
   model is trained or run; the registry and the observation store are torch-free).
 - `server.serving`: one model server process (loader, dynamic batching, the `Forecaster`
   service, metrics, the app). Serving imports the lifecycle, never the reverse.
+
+May import: `canarycast` (the core). Never `router/` or `cli/`.
 """

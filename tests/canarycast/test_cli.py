@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import grpc
 import pytest
@@ -35,7 +36,7 @@ def test_help_lists_every_command() -> None:
         assert flag in serve
 
 
-def test_train_registers_a_version_with_lineage(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_train_registers_a_version_with_lineage(tmp_path: Path) -> None:
     out = canarycast(
         "train",
         "--dataset",
@@ -75,7 +76,7 @@ def test_train_registers_a_version_with_lineage(tmp_path) -> None:  # type: igno
     assert json.loads(show.stdout)["version"] == record["version"]
 
 
-def test_train_rejects_a_bad_file_with_a_clear_message(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_train_rejects_a_bad_file_with_a_clear_message(tmp_path: Path) -> None:
     bad = tmp_path / "bad.csv"
     bad.write_text("unique_id,ds,y\na,2020-01-01,1\na,not-a-date,2\n")
     out = canarycast("train", "--dataset", str(bad), "--registry", str(tmp_path), "--name", "x")

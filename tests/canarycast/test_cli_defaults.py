@@ -4,6 +4,7 @@ from the bundled real series), and `models show` / `GetModel` saying what was ch
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -26,9 +27,9 @@ SMALL = ("--hidden", "4", "--layers", "1", "--epochs", "1", "--max-windows-per-e
     ],
 )
 def test_train_with_default_flags_on_any_frequency(
-    tmp_path: Path, build: object, season: int, extra: list[int], horizon: int
+    tmp_path: Path, build: Callable[[Path], Path], season: int, extra: list[int], horizon: int
 ) -> None:
-    data = build(tmp_path)  # type: ignore[operator]
+    data = build(tmp_path)
     registry = tmp_path / "registry"
     out = canarycast(
         "train", "--dataset", str(data), "--registry", str(registry), "--name", "m",

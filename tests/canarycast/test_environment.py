@@ -45,9 +45,9 @@ def test_no_module_but_environment_names_a_variable_or_reads_one_by_literal() ->
                 and isinstance(node.value, str)
                 and VARIABLE.match(node.value)
             ):
-                named.append(f"{where}:{node.lineno}: {node.value}")
+                named.append(f"{where}:{getattr(node, 'lineno', 0)}: {node.value}")
             if _reads_by_literal(node):
-                literal.append(f"{where}:{node.lineno}: {ast.unparse(node)}")
+                literal.append(f"{where}:{getattr(node, 'lineno', 0)}: {ast.unparse(node)}")
     assert len(sources()) > 50  # the scan saw the product
     assert named == [], "variables named outside canarycast.environment"
     assert literal == [], "the environment read by a literal name"

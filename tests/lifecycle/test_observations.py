@@ -180,6 +180,7 @@ def test_observe_through_a_stub_reports_the_store_error(tmp_path: Path) -> None:
         port = await server.start()
         try:
             assert server.router.observations is not None
+            # the private write connection, to make the store fail its next write
             server.router.observations._write_db.execute("PRAGMA query_only=1")  # type: ignore[union-attr]
             async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
                 stub = pb_grpc.ForecasterStub(channel)

@@ -95,6 +95,7 @@ async def restart_in_place(component: Component, again: object) -> Component:
     """SIGTERM (drain), wait for exit 0, start again on the same port."""
     code = await asyncio.to_thread(component.stop, 30)
     assert code == 0, component.tail()
+    # again: a lambda with default arguments (bound per loop turn), which mypy cannot type
     return await asyncio.to_thread(again)  # type: ignore[arg-type]
 
 

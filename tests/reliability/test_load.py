@@ -70,7 +70,7 @@ async def sample_while(
         samples.tasks.append(len(asyncio.all_tasks()))
         samples.ok.append(load.stats.ok)
         if progress is not None:
-            progress.update(1)  # type: ignore[attr-defined]
+            progress.update(1)  # type: ignore[attr-defined]  # a tqdm bar when given
     return samples
 
 

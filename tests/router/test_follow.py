@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import pytest
 
@@ -12,7 +13,7 @@ from tests.conftest import MODEL, TrainedRegistry
 TOKEN = "follow-token"
 
 
-async def eventually(predicate, what: str, seconds: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+async def eventually(predicate: Callable[[], object], what: str, seconds: float = 10.0) -> None:
     for _ in range(int(seconds / 0.02)):
         if predicate():
             return
@@ -53,14 +54,15 @@ async def test_a_replica_follows_the_controllers_weight(registry_copy: TrainedRe
     await stranger.start()
     try:
         assert leader.controller is not None and replica.follower is not None
-        await eventually(lambda: replica.follower.applied == 0.0, "the idle weight")
+        follower = replica.follower
+        await eventually(lambda: follower.applied == 0.0, "the idle weight")
         await leader.controller.start(f"{MODEL}:{registry_copy.v2.version}")
         first = leader.controller.policy.steps[0]
         await eventually(lambda: replica.router.policy.canary_weight == first, "the first step")
         await leader.controller.set_weight(0.4)
         await eventually(lambda: replica.router.policy.canary_weight == 0.4, "a manual weight")
         await leader.stop(grace=0)  # the controller goes away: the replica keeps its weight
-        await eventually(lambda: not replica.follower.connected, "the lost stream")
+        await eventually(lambda: not follower.connected, "the lost stream")
         assert replica.router.policy.canary_weight == 0.4
         assert stranger.follower is not None and stranger.follower.applied is None
         assert stranger.router.policy.canary_weight == 0.3  # refused: nothing applied

@@ -92,7 +92,7 @@ def paired(multiplier: float, n: int, seed: int = 0) -> np.ndarray:
 )
 def test_policy_validation_names_the_field(field: str, value: object) -> None:
     with pytest.raises(ValueError, match=field):
-        JudgePolicy(**{field: value})  # type: ignore[arg-type]
+        JudgePolicy(**{field: value})  # type: ignore[arg-type]  # wrong types, on purpose
 
 
 def test_default_policy_is_valid() -> None:

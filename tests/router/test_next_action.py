@@ -175,7 +175,7 @@ def test_the_decision_changes_nothing_and_its_actions_are_frozen() -> None:
     assert next_action(POLICY, record, PROMOTE, now, last) == first
     assert record == before
     with pytest.raises(dataclasses.FrozenInstanceError):
-        first.reason = "changed"  # type: ignore[misc]
+        first.reason = "changed"  # type: ignore[misc]  # a frozen field, on purpose
 
 
 def test_a_simulated_rollout_is_driven_by_the_decision_alone() -> None:

@@ -111,4 +111,4 @@ def test_without_a_canary_everything_goes_to_stable_uncopied() -> None:
 )
 def test_bad_policies_are_refused(kwargs: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        RoutingPolicy(**kwargs)  # type: ignore[arg-type]
+        RoutingPolicy(**kwargs)  # type: ignore[arg-type]  # wrong types, on purpose

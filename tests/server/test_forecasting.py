@@ -121,6 +121,7 @@ class _Model:
 
 
 def _refusal(query: ForecastQuery) -> tuple[str, str]:
+    # validate() reads only the limits and the model's config: no watcher, no batcher, a fake
     forecaster = Forecaster(watcher=None, batcher=None, limits=Limits(max_history=50))  # type: ignore[arg-type]
     with pytest.raises(InvalidArgument) as err:
         forecaster.validate(query, _Model())  # type: ignore[arg-type]

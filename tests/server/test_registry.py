@@ -131,7 +131,7 @@ def test_register_rejects_bad_input(reg: Registry) -> None:
     with pytest.raises(RegistryError, match="JSON"):
         reg.register("m", make_state(), {"x": object()}, META)
     with pytest.raises(RegistryError, match="Tensor"):
-        reg.register("m", {"w": [1.0]}, CONFIG, META)  # type: ignore[dict-item]
+        reg.register("m", {"w": [1.0]}, CONFIG, META)  # type: ignore[dict-item]  # not a tensor, on purpose
 
 
 def test_versions_sorted_and_models(reg: Registry, two: tuple[ModelVersion, ModelVersion]) -> None:

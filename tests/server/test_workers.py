@@ -242,6 +242,7 @@ def test_merged_expositions_read_as_one_process() -> None:
                 [process(3, 2, 0, "a"), process(4, 5, 1, "a")], frozenset({"x_reload_failing"})
             )
 
+    # a plain object with collect(), which is all prometheus_client calls of a collector
     merged_registry.register(Merged())  # type: ignore[arg-type]
     text = generate_latest(merged_registry).decode()
     samples = {
