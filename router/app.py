@@ -57,7 +57,7 @@ from router.traffic.backends import (
 )
 from router.traffic.follow import WeightFollower
 from router.traffic.mirror import MirrorQueue
-from router.traffic.proxy import Router
+from router.traffic.proxy import Copy, Router
 from router.traffic.routing import CANARY, STABLE, Mode, RoutingPolicy, StickyKey
 from server.lifecycle.observations import ObservationStore
 from server.lifecycle.registry import Registry
@@ -98,6 +98,7 @@ class RouterSettings:
     mirror_fraction: float = 1.0
     mirror_queue_size: int = 1024
     mirror_workers: int = 8
+    mirror_batch: int = 64  # series per mirror call at most (copies waiting are joined)
     mirror_timeout: float = 5.0
     keepalive: float = 2.0
     grace: float = 10.0
@@ -143,6 +144,12 @@ class RouterServer:
             raise ValueError("a router either runs the controller or follows one, not both")
         if not settings.drift_interval > 0:
             raise ValueError("--drift-interval must be above 0 seconds")
+        for flag, value in (
+            ("--mirror-queue-size", settings.mirror_queue_size),
+            ("--mirror-batch", settings.mirror_batch),
+        ):
+            if value < 1:
+                raise ValueError(f"{flag} must be at least 1, got {value}")
         self.settings = settings
         self.metrics = metrics or RouterMetrics()
         self._health_changed = asyncio.Condition()
@@ -176,9 +183,11 @@ class RouterServer:
                 drain=settings.grace,
             )
 
-        self.mirror = MirrorQueue(
+        self.mirror: MirrorQueue[Copy] = MirrorQueue(
+            lambda batch: self.router.send_copies(batch),
             max_size=settings.mirror_queue_size,
             workers=settings.mirror_workers,
+            max_batch=settings.mirror_batch,
             on_drop=lambda variant: self.metrics.mirror_dropped.labels(variant).inc(),
         )
         self.router = Router(

@@ -53,6 +53,12 @@ class RouterMetrics:
             "Copies waiting to be sent.",
             registry=self.registry,
         )
+        self.mirror_batch = Histogram(
+            "canarycast_router_mirror_batch",
+            "Copies per mirror call (copies that wait are joined into one multi-series call).",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+            registry=self.registry,
+        )
         self.canary_weight = Gauge(
             "canarycast_router_canary_weight",
             "Fraction of calls the canary answers (0 in shadow mode).",

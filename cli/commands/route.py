@@ -70,6 +70,12 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--mirror-queue-size", type=int, default=1024, help="copies queued at most")
     p.add_argument("--mirror-timeout", type=float, default=5.0, help="deadline of a copy, s")
     p.add_argument(
+        "--mirror-batch",
+        type=int,
+        default=64,
+        help="series per mirror call at most: copies that wait are joined into one call",
+    )
+    p.add_argument(
         "--keepalive", type=float, default=2.0, help="seconds to notice a stalled backend"
     )
     shutdown_args(p)
@@ -201,6 +207,7 @@ def cmd_route(args: argparse.Namespace) -> int:
             sticky_key=StickyKey(args.sticky_key),
             mirror_fraction=args.mirror_fraction,
             mirror_queue_size=args.mirror_queue_size,
+            mirror_batch=args.mirror_batch,
             mirror_timeout=args.mirror_timeout,
             keepalive=args.keepalive,
             grace=args.grace,

@@ -1,44 +1,76 @@
-"""Copies of calls sent off the request path (shadow and dual-run), bounded.
+"""Copies of calls sent off the request path (shadow and dual-run), bounded and coalesced.
 
 `offer` never waits: when the queue is full the copy is dropped and counted.
-A fixed number of workers send the copies, each with its own deadline, so a
+A fixed number of workers send the copies, each call with its own deadline, so a
 slow, failing or dead mirror target costs the request path nothing.
+
+Copies that wait are sent together: a worker that takes a copy also takes every other
+waiting copy with the same batch key (the same variant and call options) whose series
+it does not already hold, up to `max_batch` series, and hands them to `send` as one
+batch, which the router forwards as one multi-series call. Under load the copies queue
+while the workers wait on the mirror target, so they leave in batches and the target
+forecasts them in one forward pass instead of one call each; a copy that finds an idle
+worker goes alone, as before. Nothing waits to fill a batch.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Hashable
+from typing import Generic, Protocol, TypeVar
 
 import structlog
 
 log = structlog.get_logger("canarycast.router.mirror")
 
 
-@dataclass(frozen=True)
-class MirrorJob:
-    variant: str
-    run: Callable[[], Awaitable[None]]
+class MirrorJob(Protocol):
+    """A copy to send. Jobs with equal (not None) batch keys may share a call when their
+    series ids are disjoint; `size` is the number of series the job carries."""
+
+    @property
+    def variant(self) -> str: ...
+
+    def batch_key(self) -> Hashable | None: ...
+
+    def series_ids(self) -> frozenset[str]: ...
+
+    @property
+    def size(self) -> int: ...
 
 
-class MirrorQueue:
+J = TypeVar("J", bound=MirrorJob)
+
+
+class MirrorQueue(Generic[J]):
     def __init__(
         self,
+        send: Callable[[list[J]], Awaitable[None]],
         *,
         max_size: int = 1024,
         workers: int = 8,
+        max_batch: int = 64,
         on_drop: Callable[[str], None] | None = None,
     ) -> None:
-        self._queue: asyncio.Queue[MirrorJob] = asyncio.Queue(maxsize=max_size)
+        if max_size < 1 or workers < 1 or max_batch < 1:
+            raise ValueError("max_size, workers and max_batch must be >= 1")
+        self._send = send
+        self._max_size = max_size
         self._workers = workers
+        self._max_batch = max_batch
         self._on_drop = on_drop
+        self._waiting: collections.deque[J] = collections.deque()
+        self._ready = asyncio.Event()
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
         self._tasks: list[asyncio.Task[None]] = []
 
     @property
     def depth(self) -> int:
-        return self._queue.qsize()
+        return len(self._waiting)
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -46,31 +78,72 @@ class MirrorQueue:
             loop.create_task(self._work(), name=f"mirror-{i}") for i in range(self._workers)
         ]
 
-    def offer(self, job: MirrorJob) -> bool:
+    def offer(self, job: J) -> bool:
         """Queue a copy; False (and counted) when the queue is full."""
-        try:
-            self._queue.put_nowait(job)
-        except asyncio.QueueFull:
+        if len(self._waiting) >= self._max_size:
             if self._on_drop is not None:
                 self._on_drop(job.variant)
             return False
+        self._waiting.append(job)
+        self._idle.clear()
+        self._ready.set()
         return True
 
+    def take(self) -> list[J]:
+        """The next batch: the oldest waiting job and the later ones that may join it (same
+        key, series not yet in the batch, at most `max_batch` series), oldest first. Empty
+        when nothing waits. The jobs left keep their order."""
+        if not self._waiting:
+            return []
+        first = self._waiting.popleft()
+        batch = [first]
+        key = first.batch_key()
+        if key is None or not self._waiting or first.size >= self._max_batch:
+            return batch
+        held = set(first.series_ids())
+        size = first.size
+        kept: collections.deque[J] = collections.deque()
+        while self._waiting and size < self._max_batch:
+            job = self._waiting.popleft()
+            ids = job.series_ids()
+            if (
+                job.batch_key() == key
+                and size + job.size <= self._max_batch
+                and held.isdisjoint(ids)
+            ):
+                batch.append(job)
+                held.update(ids)
+                size += job.size
+            else:
+                kept.append(job)
+        kept.extend(self._waiting)
+        self._waiting = kept
+        return batch
+
     async def drain(self, grace: float) -> None:
-        """Give queued copies up to `grace` seconds, then stop the workers."""
+        """Give waiting and in-flight copies up to `grace` seconds, then stop the workers."""
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(grace):
-                await self._queue.join()
+                await self._idle.wait()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def _work(self) -> None:
         while True:
-            job = await self._queue.get()
+            batch = self.take()
+            if not batch:
+                self._ready.clear()
+                if self._in_flight == 0:
+                    self._idle.set()
+                await self._ready.wait()
+                continue
+            self._in_flight += 1
             try:
-                await job.run()
+                await self._send(batch)
             except Exception:  # a copy must never take a worker down
-                log.exception("mirror_failed", variant=job.variant)
+                log.exception("mirror_failed", variant=batch[0].variant, copies=len(batch))
             finally:
-                self._queue.task_done()
+                self._in_flight -= 1
+                if self._in_flight == 0 and not self._waiting:
+                    self._idle.set()

@@ -23,7 +23,7 @@ import random
 import secrets
 import time
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 
 import grpc
 import numpy as np
@@ -40,7 +40,7 @@ from canarycast.validation import Limits, history_scales, validate_observations
 from router.metrics import RouterMetrics
 from router.traffic import wire
 from router.traffic.backends import BackendPool, Metadata, Replica
-from router.traffic.mirror import MirrorJob, MirrorQueue
+from router.traffic.mirror import MirrorQueue
 from router.traffic.routing import CANARY, STABLE, Decision, Mode, Reason, RoutingPolicy, decide
 from server.lifecycle.observations import ObservationStore, StoreError
 
@@ -62,7 +62,7 @@ class Router:
         canary: BackendPool | None,
         policy: RoutingPolicy,
         *,
-        mirror: MirrorQueue,
+        mirror: MirrorQueue[Copy],
         metrics: RouterMetrics,
         tracer: trace.Tracer,
         limits: Limits | None = None,
@@ -243,26 +243,53 @@ class Router:
         call_id: str,
         context: contextvars.Context,
     ) -> None:
-        async def run() -> None:
-            replica = self.pools[variant].pick()
-            if replica is None:
-                self.metrics.mirror_dropped.labels(variant).inc()
-                return
-            try:
-                response = await replica.forecast(
-                    raw, self.mirror_timeout, [*trace_md, (VARIANT_HEADER, variant)]
-                )
-            except grpc.aio.AioRpcError as exc:
-                self.metrics.mirrored.labels(variant, exc.code().name).inc()
+        self.mirror.offer(Copy(variant, raw, trace_md, call_id, context))
+        self.metrics.mirror_queue.set(self.mirror.depth)
+
+    async def send_copies(self, batch: list[Copy]) -> None:
+        """Send a batch of copies (`MirrorQueue.take`) to a replica of their variant as one
+        call, and record each copy's forecasts under its own call id. A batch the replica
+        refuses for any reason but UNAVAILABLE is sent again copy by copy, so that one
+        copy's refusal does not lose the others'."""
+        variant = batch[0].variant
+        self.metrics.mirror_queue.set(self.mirror.depth)
+        replica = self.pools[variant].pick()
+        if replica is None:
+            self.metrics.mirror_dropped.labels(variant).inc(len(batch))
+            return
+        self.metrics.mirror_batch.observe(len(batch))
+        if len(batch) == 1:
+            raw = batch[0].raw
+        else:
+            raw = batch[0].split()[2] + b"".join(s for c in batch for s in c.split()[0])
+        try:
+            response = await replica.forecast(
+                raw, self.mirror_timeout, [*batch[0].trace_md, (VARIANT_HEADER, variant)]
+            )
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.UNAVAILABLE or len(batch) == 1:
+                self.metrics.mirrored.labels(variant, exc.code().name).inc(len(batch))
                 if exc.code() == grpc.StatusCode.UNAVAILABLE:
                     replica.mark_down()
                 return
-            self.metrics.mirrored.labels(variant, "OK").inc()
-            answer = pb.ForecastResponse.FromString(response)
-            context.run(self._record_raw, raw, answer, variant, call_id, True)
-
-        self.mirror.offer(MirrorJob(variant, run))
-        self.metrics.mirror_queue.set(self.mirror.depth)
+            for copy in batch:
+                await self.send_copies([copy])
+            return
+        self.metrics.mirrored.labels(variant, "OK").inc(len(batch))
+        answer = pb.ForecastResponse.FromString(response)
+        if len(batch) == 1:
+            c = batch[0]
+            c.context.run(self._record_raw, c.raw, answer, variant, c.call_id, True)
+            return
+        forecasts = answer.forecasts
+        if len(forecasts) != sum(c.size for c in batch):
+            log.warning("mirror_answer_mismatch", variant=variant, copies=len(batch))
+            return
+        at = 0
+        for c in batch:
+            part = pb.ForecastResponse(model=answer.model, forecasts=forecasts[at : at + c.size])
+            at += c.size
+            c.context.run(self._record_raw, c.raw, part, variant, c.call_id, True)
 
     def _record_raw(
         self, raw: bytes, answer: pb.ForecastResponse, variant: str, call_id: str, mirrored: bool
@@ -372,3 +399,39 @@ def _recent_history(
         "times": starts[owner] + index * step[owner],
         "values": values[ends[owner] - lengths[owner] + index],
     }
+
+
+@dataclass
+class Copy:
+    """A call's copy for the other variant (a `MirrorJob`): the request's bytes, the trace
+    context of the call it copies and that call's id, under which its forecasts are
+    recorded. Two copies may share a call when their options (horizon, quantiles) are the
+    same bytes and their series ids differ; a request that cannot be split goes alone."""
+
+    variant: str
+    raw: bytes
+    trace_md: list[tuple[str, str]]
+    call_id: str
+    context: contextvars.Context
+    _split: tuple[list[bytes], list[str], bytes] | None = field(default=None, repr=False)
+
+    def split(self) -> tuple[list[bytes], list[str], bytes]:
+        """(series fields, series ids, other fields) of the request; ([raw], [], b"") when
+        it cannot be split (then it is never batched)."""
+        if self._split is None:
+            try:
+                self._split = wire.split_request(self.raw)
+            except CanarycastError:
+                self._split = ([self.raw], [], b"")
+        return self._split
+
+    def batch_key(self) -> tuple[str, bytes] | None:
+        series, ids, rest = self.split()
+        return (self.variant, rest) if len(ids) == len(series) else None
+
+    def series_ids(self) -> frozenset[str]:
+        return frozenset(self.split()[1])
+
+    @property
+    def size(self) -> int:
+        return len(self.split()[0])

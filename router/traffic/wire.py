@@ -89,3 +89,27 @@ def first_series_id(raw: bytes) -> str | None:
     except (Malformed, UnicodeDecodeError) as exc:
         raise InvalidArgument("request", f"not a {_REQUEST}: {exc}") from exc
     return None
+
+
+def split_request(raw: bytes) -> tuple[list[bytes], list[str], bytes]:
+    """A `ForecastRequest`'s bytes as (each `series` field with its tag, each series' id,
+    the other fields' bytes). ``rest + b"".join(series)`` parses as the same request, and
+    requests with equal `rest` may be joined by concatenating their series fields (the
+    order of fields does not matter to protobuf; repeated fields are appended)."""
+    series: list[bytes] = []
+    ids: list[str] = []
+    rest: list[bytes] = []
+    at = 0
+    try:
+        for number, kind, start, end in fields(raw):
+            if number == _SERIES:
+                if kind != 2:
+                    raise Malformed("series is not length-delimited")
+                series.append(raw[at:end])
+                ids.append(_last_string(raw[start:end], _SERIES_ID) or "")
+            else:
+                rest.append(raw[at:end])
+            at = end
+    except (Malformed, UnicodeDecodeError) as exc:
+        raise InvalidArgument("request", f"not a {_REQUEST}: {exc}") from exc
+    return series, ids, b"".join(rest)

@@ -438,3 +438,51 @@ def test_record_writes_each_series_of_a_call_as_the_old_per_series_spans_did() -
         k = min(n, RECENT_HISTORY)
         assert row.history_timestamps == tuple(t0 + i * hour for i in range(n - k, n))
         assert row.history_values == pytest.approx(list(history)[n - k :])
+
+
+async def test_dual_run_copies_that_wait_are_joined_and_each_recorded_as_its_call(
+    registry_copy: TrainedRegistry,
+) -> None:
+    """One mirror worker and 40 calls at once: the copies queue behind the first, leave
+    in multi-series calls, and each copy's forecast is recorded under its own call id
+    with the canary's forecast of its own series (as a call of its own would give)."""
+    c = await make_cluster(registry_copy, canary_weight=0.0, mirror_fraction=1.0, mirror_workers=1)
+    try:
+        offsets = {f"s{i}": 900 + 7 * i for i in range(40)}
+        answers = await asyncio.gather(
+            *(c.stub.Forecast(request(x, offset=o)) for x, o in offsets.items())
+        )
+        assert {a.model.variant for a in answers} == {"stable"}
+        ok = c.router.metrics.mirrored.labels("canary", "OK")
+        for _ in range(500):
+            if ok._value.get() == 40:
+                break
+            await asyncio.sleep(0.01)
+        assert ok._value.get() == 40
+        batches = {
+            s.labels["le"]: s.value
+            for s in next(iter(c.router.metrics.mirror_batch.collect())).samples
+            if s.name.endswith("_bucket")
+        }
+        calls = batches["+Inf"]
+        assert calls < 40 and batches["1.0"] < calls  # some copies shared a call
+        recorded: dict[str, dict[str, Any]] = {"stable": {}, "canary": {}}
+        for span in c.forecasts():
+            a = attrs(span)
+            [row] = spans.read_forecasts(a)
+            recorded[str(a[spans.VARIANT])][row.series_id] = (a[spans.CALL_ID], row)
+        assert set(recorded["canary"]) == set(recorded["stable"]) == set(offsets)
+        canary = pb_grpc.ForecasterStub(
+            channel := grpc.aio.insecure_channel(f"127.0.0.1:{c.canary.port}")
+        )
+        try:
+            for x in ("s0", "s17", "s39"):
+                call_id, row = recorded["canary"][x]
+                assert call_id == recorded["stable"][x][0]
+                alone = await canary.Forecast(request(x, offset=offsets[x]))
+                assert list(row.point) == pytest.approx(list(alone.forecasts[0].point))
+                assert list(row.timestamps) == list(recorded["stable"][x][1].timestamps)
+        finally:
+            await channel.close()
+    finally:
+        await c.close()
