@@ -99,6 +99,8 @@ class RouterSettings:
     mirror_queue_size: int = 1024
     mirror_workers: int = 8
     mirror_batch: int = 64  # series per mirror call at most (copies waiting are joined)
+    join_after: int = 8  # calls in flight per replica before further calls are joined; 0: never
+    join_max: int = 64  # series per joined call at most
     mirror_timeout: float = 5.0
     keepalive: float = 2.0
     grace: float = 10.0
@@ -147,9 +149,14 @@ class RouterServer:
         for flag, value in (
             ("--mirror-queue-size", settings.mirror_queue_size),
             ("--mirror-batch", settings.mirror_batch),
+            ("--join-max", settings.join_max),
         ):
             if value < 1:
                 raise ValueError(f"{flag} must be at least 1, got {value}")
+        if settings.join_after < 0:
+            raise ValueError(
+                f"--join-after must be 0 (never join) or more, got {settings.join_after}"
+            )
         self.settings = settings
         self.metrics = metrics or RouterMetrics()
         self._health_changed = asyncio.Condition()
@@ -204,6 +211,8 @@ class RouterServer:
             tracer=tracer,
             limits=settings.limits,
             mirror_timeout=settings.mirror_timeout,
+            join_after=settings.join_after,
+            join_max=settings.join_max,
             observations=(
                 ObservationStore(settings.observations) if settings.observations else None
             ),

@@ -53,6 +53,17 @@ class RouterMetrics:
             "Copies waiting to be sent.",
             registry=self.registry,
         )
+        self.joined = Histogram(
+            "canarycast_router_joined_calls",
+            "Client calls per joined backend call (calls that wait for a busy variant).",
+            buckets=(2, 4, 8, 16, 32, 64, 128),
+            registry=self.registry,
+        )
+        self.joined_resent = Counter(
+            "canarycast_router_joined_resent",
+            "Joined calls the server refused for one caller's input, sent again call by call.",
+            registry=self.registry,
+        )
         self.mirror_batch = Histogram(
             "canarycast_router_mirror_batch",
             "Copies per mirror call (copies that wait are joined into one multi-series call).",

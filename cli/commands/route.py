@@ -70,6 +70,14 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--mirror-queue-size", type=int, default=1024, help="copies queued at most")
     p.add_argument("--mirror-timeout", type=float, default=5.0, help="deadline of a copy, s")
     p.add_argument(
+        "--join-after",
+        type=int,
+        default=8,
+        help="calls in flight per backend replica before further calls wait and are joined "
+        "into multi-series calls (0: never join)",
+    )
+    p.add_argument("--join-max", type=int, default=64, help="series per joined call at most")
+    p.add_argument(
         "--mirror-batch",
         type=int,
         default=64,
@@ -208,6 +216,8 @@ def cmd_route(args: argparse.Namespace) -> int:
             mirror_fraction=args.mirror_fraction,
             mirror_queue_size=args.mirror_queue_size,
             mirror_batch=args.mirror_batch,
+            join_after=args.join_after,
+            join_max=args.join_max,
             mirror_timeout=args.mirror_timeout,
             keepalive=args.keepalive,
             grace=args.grace,

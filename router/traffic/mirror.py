@@ -90,35 +90,8 @@ class MirrorQueue(Generic[J]):
         return True
 
     def take(self) -> list[J]:
-        """The next batch: the oldest waiting job and the later ones that may join it (same
-        key, series not yet in the batch, at most `max_batch` series), oldest first. Empty
-        when nothing waits. The jobs left keep their order."""
-        if not self._waiting:
-            return []
-        first = self._waiting.popleft()
-        batch = [first]
-        key = first.batch_key()
-        if key is None or not self._waiting or first.size >= self._max_batch:
-            return batch
-        held = set(first.series_ids())
-        size = first.size
-        kept: collections.deque[J] = collections.deque()
-        while self._waiting and size < self._max_batch:
-            job = self._waiting.popleft()
-            ids = job.series_ids()
-            if (
-                job.batch_key() == key
-                and size + job.size <= self._max_batch
-                and held.isdisjoint(ids)
-            ):
-                batch.append(job)
-                held.update(ids)
-                size += job.size
-            else:
-                kept.append(job)
-        kept.extend(self._waiting)
-        self._waiting = kept
-        return batch
+        """The next batch (`take_batch` of the waiting copies); empty when none waits."""
+        return take_batch(self._waiting, self._max_batch)
 
     async def drain(self, grace: float) -> None:
         """Give waiting and in-flight copies up to `grace` seconds, then stop the workers."""
@@ -147,3 +120,32 @@ class MirrorQueue(Generic[J]):
                 self._in_flight -= 1
                 if self._in_flight == 0 and not self._waiting:
                     self._idle.set()
+
+
+def take_batch(waiting: collections.deque[J], max_batch: int) -> list[J]:
+    """Take the next batch from `waiting`: its oldest job and the later ones that may join
+    it (the same key, no series already in the batch, at most `max_batch` series in all),
+    oldest first. Empty when nothing waits; the jobs left keep their order."""
+    if not waiting:
+        return []
+    first = waiting.popleft()
+    batch = [first]
+    key = first.batch_key()
+    if key is None or not waiting or first.size >= max_batch:
+        return batch
+    held = set(first.series_ids())
+    size = first.size
+    kept: collections.deque[J] = collections.deque()
+    while waiting and size < max_batch:
+        job = waiting.popleft()
+        ids = job.series_ids()
+        if job.batch_key() == key and size + job.size <= max_batch and held.isdisjoint(ids):
+            batch.append(job)
+            held.update(ids)
+            size += job.size
+        else:
+            kept.append(job)
+    kept.extend(waiting)
+    waiting.clear()
+    waiting.extend(kept)
+    return batch

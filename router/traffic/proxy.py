@@ -18,11 +18,12 @@ A call whose variant was forced by the caller's header is never failed over.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextvars
 import random
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 import grpc
@@ -40,7 +41,7 @@ from canarycast.validation import Limits, history_scales, validate_observations
 from router.metrics import RouterMetrics
 from router.traffic import wire
 from router.traffic.backends import BackendPool, Metadata, Replica
-from router.traffic.mirror import MirrorQueue
+from router.traffic.mirror import MirrorQueue, take_batch
 from router.traffic.routing import CANARY, STABLE, Decision, Mode, Reason, RoutingPolicy, decide
 from server.lifecycle.observations import ObservationStore, StoreError
 
@@ -69,6 +70,8 @@ class Router:
         mirror_timeout: float = 5.0,
         rng: random.Random | None = None,
         observations: ObservationStore | None = None,
+        join_after: int = 0,
+        join_max: int = 64,
     ) -> None:
         self.pools: dict[str, BackendPool] = {STABLE: stable}
         if canary is not None:
@@ -81,6 +84,12 @@ class Router:
         self.mirror_timeout = mirror_timeout
         self._rng = rng or random.Random()
         self.observations = observations  # durable store of accepted Observe points, if any
+        # Joining (see `_joined`): calls in flight per serving replica before further calls
+        # wait to be joined (0: never), and the most series a joined call carries.
+        self.join_after = join_after
+        self.join_max = join_max
+        self._lanes = {variant: _Lane() for variant in self.pools}
+        self._joins: set[asyncio.Task[None]] = set()
         metrics.canary_weight.set(self._policy.effective_weight)
 
     # -- the in-process control API (the controller of the canary analysis uses it) --
@@ -121,10 +130,15 @@ class Router:
         propagate.inject(carrier)
         trace_md = list(carrier.items())
         deadline = None if remaining is None else time.monotonic() + remaining
-        variant, replica, response = await self._call(
-            "Forecast", raw, decision, forced is not None, trace_md, deadline
-        )
-        answer = pb.ForecastResponse.FromString(response)
+        if self.join_after and forced is None:
+            variant, replica, response, answer = await self._joined(
+                raw, decision, trace_md, deadline
+            )
+        else:
+            variant, replica, response = await self._call(
+                "Forecast", raw, decision, forced is not None, trace_md, deadline
+            )
+            answer = pb.ForecastResponse.FromString(response)
         trace.get_current_span().set_attributes(
             {
                 spans.VARIANT: variant,
@@ -143,6 +157,132 @@ class Router:
         if decision.mirror is not None and decision.mirror != variant:
             self._mirror(decision.mirror, raw, trace_md, call_id, context)
         return response
+
+    async def _joined(
+        self,
+        raw: bytes,
+        decision: Decision,
+        trace_md: list[tuple[str, str]],
+        deadline: float | None,
+    ) -> tuple[str, Replica, bytes, pb.ForecastResponse]:
+        """Forward a call, joined with others when its variant is busy.
+
+        While fewer than `join_after` calls per serving replica of the variant are in
+        flight, the call goes alone, as it came. Beyond that it waits, and whenever a
+        call in flight comes back the waiting calls leave together: those with the same
+        options (horizon, quantiles) and routing reason whose series ids differ, up to
+        `join_max` series, as one multi-series call (`take_batch`). Each caller gets the
+        answer to its own series, as a call of its own would have: the model server's
+        forecast of a series does not depend on the other series of its call or batch.
+        Nothing waits to fill a batch, and a joined call that the server refuses for
+        a reason of one call's own (a bad series) is sent again call by call, so each
+        caller gets its own answer or error. The one server call saves the server and
+        the router the work of a call per caller (under load, most of their cost).
+        """
+        lane = self._lanes[decision.variant]
+        replicas = max(1, len(self.pools[decision.variant].replicas))
+        if lane.in_flight < self.join_after * replicas:
+            lane.in_flight += 1
+            try:
+                variant, replica, response = await self._call(
+                    "Forecast", raw, decision, False, trace_md, deadline
+                )
+            finally:
+                lane.in_flight -= 1
+                self._flush(decision.variant)
+            return variant, replica, response, pb.ForecastResponse.FromString(response)
+        waiting = _Waiting(raw, decision, trace_md, deadline, asyncio.get_running_loop())
+        waiting.split()  # a request that is not well-formed is refused here, not joined
+        lane.waiting.append(waiting)
+        try:
+            return await waiting.future
+        except CanarycastError:
+            if waiting.attempt is not None:
+                variant, address = waiting.attempt
+                trace.get_current_span().set_attributes(
+                    {spans.VARIANT: variant, spans.BACKEND: address}
+                )
+            raise
+
+    def _flush(self, variant: str) -> None:
+        """Send the waiting calls of `variant` while it has room for calls in flight."""
+        lane = self._lanes[variant]
+        limit = self.join_after * max(1, len(self.pools[variant].replicas))
+        while lane.waiting and lane.in_flight < limit:
+            batch = [w for w in take_batch(lane.waiting, self.join_max) if not w.future.done()]
+            if not batch:
+                continue
+            lane.in_flight += 1
+            # A context of its own: the spans of the callers are each set by their own call.
+            task = asyncio.get_running_loop().create_task(
+                self._send_joined(variant, batch), context=contextvars.Context()
+            )
+            self._joins.add(task)
+            task.add_done_callback(self._joins.discard)
+
+    async def _send_joined(self, variant: str, batch: list[_Waiting]) -> None:
+        lane = self._lanes[variant]
+        try:
+            await self._send_batch(batch)
+        finally:
+            lane.in_flight -= 1
+            self._flush(variant)
+
+    async def _send_batch(self, batch: list[_Waiting]) -> None:
+        first = batch[0]
+
+        def attempted(variant: str, address: str) -> None:
+            for w in batch:
+                w.attempt = (variant, address)
+
+        deadlines = [w.deadline for w in batch if w.deadline is not None]
+        if len(batch) == 1:
+            raw = first.raw
+        else:
+            raw = first.split()[2] + b"".join(s for w in batch for s in w.split()[0])
+        try:
+            variant, replica, response = await self._call(
+                "Forecast",
+                raw,
+                first.decision,
+                False,
+                first.trace_md,
+                min(deadlines) if deadlines else None,
+                calls=len(batch),
+                on_attempt=attempted,
+            )
+        except PassThrough as exc:
+            if len(batch) > 1 and exc.status_code not in _SHARED_FATE:
+                self.metrics.joined_resent.inc()
+                await asyncio.gather(*(self._send_batch([w]) for w in batch))
+                return
+            for w in batch:
+                w.fail(PassThrough(exc.status_code, str(exc)))
+            return
+        except CanarycastError as exc:  # no replica serving: every caller's fate
+            for w in batch:
+                w.fail(exc)
+            return
+        except Exception as exc:  # each caller's interceptor answers INTERNAL
+            log.exception("joined_call_failed", calls=len(batch))
+            for w in batch:
+                w.fail(exc)
+            return
+        answer = pb.ForecastResponse.FromString(response)
+        if len(batch) == 1:
+            first.succeed((variant, replica, response, answer))
+            return
+        forecasts = answer.forecasts
+        if len(forecasts) != sum(w.size for w in batch):
+            for w in batch:
+                w.fail(Unavailable("a joined answer did not hold one forecast per series"))
+            return
+        self.metrics.joined.observe(len(batch))
+        at = 0
+        for w in batch:
+            own = pb.ForecastResponse(model=answer.model, forecasts=forecasts[at : at + w.size])
+            at += w.size
+            w.succeed((variant, replica, own.SerializeToString(), own))
 
     async def get_model(self, raw: bytes, metadata: Metadata, remaining: float | None) -> bytes:
         forced = self._forced(metadata)
@@ -187,7 +327,14 @@ class Router:
         forced: bool,
         trace_md: list[tuple[str, str]],
         deadline: float | None,
+        *,
+        calls: int = 1,
+        on_attempt: Callable[[str, str], None] | None = None,
     ) -> tuple[str, Replica, bytes]:
+        """Send to a replica of the decided variant, failing over once (unless forced).
+        `calls`: how many client calls the bytes carry (a joined call counts for each);
+        `on_attempt(variant, address)` is told of each attempt (default: the attributes of
+        the current span, so that a failure counts against the variant that failed)."""
         attempts = [decision.variant]
         if not forced and decision.other in self.pools:
             attempts.append(decision.other)
@@ -200,14 +347,17 @@ class Router:
                     self.tracer, variant, "", grpc.StatusCode.UNAVAILABLE.value[0], "none serving"
                 )
                 if not last:
-                    self.metrics.failovers.labels(variant).inc()
+                    self.metrics.failovers.labels(variant).inc(calls)
                 continue
             remaining = None if deadline is None else max(deadline - time.monotonic(), 0.001)
             metadata = [*trace_md, (VARIANT_HEADER, variant)]
             # Before the call: a failure must count against the variant that failed.
-            trace.get_current_span().set_attributes(
-                {spans.VARIANT: variant, spans.BACKEND: replica.address}
-            )
+            if on_attempt is not None:
+                on_attempt(variant, replica.address)
+            else:
+                trace.get_current_span().set_attributes(
+                    {spans.VARIANT: variant, spans.BACKEND: replica.address}
+                )
             started = time.perf_counter()
             try:
                 if method == "Forecast":
@@ -223,15 +373,15 @@ class Router:
                         self.tracer, variant, replica.address, code.value[0], "unreachable"
                     )
                     if not last:
-                        self.metrics.failovers.labels(variant).inc()
+                        self.metrics.failovers.labels(variant).inc(calls)
                         log.warning("failover", variant=variant, backend=replica.address)
                         continue
                 if method == "Forecast":
-                    self.metrics.routed.labels(variant, str(reason), code.name).inc()
+                    self.metrics.routed.labels(variant, str(reason), code.name).inc(calls)
                 raise PassThrough(code, exc.details() or code.name) from exc
             if method == "Forecast":
                 self.metrics.backend_latency.labels(variant).observe(time.perf_counter() - started)
-                self.metrics.routed.labels(variant, str(reason), "OK").inc()
+                self.metrics.routed.labels(variant, str(reason), "OK").inc(calls)
             return variant, replica, response
         raise Unavailable(f"no backend is serving: {self.describe_backends()}")
 
@@ -435,3 +585,71 @@ class Copy:
     @property
     def size(self) -> int:
         return len(self.split()[0])
+
+
+#: Refusals of a joined call that every caller in it would have had alone.
+_SHARED_FATE = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.CANCELLED,
+    }
+)
+
+
+class _Lane:
+    """A variant's calls in flight and the calls waiting to be joined."""
+
+    def __init__(self) -> None:
+        self.in_flight = 0
+        self.waiting: collections.deque[_Waiting] = collections.deque()
+
+
+class _Waiting:
+    """A call waiting to be joined (a `MirrorJob` for `take_batch`)."""
+
+    def __init__(
+        self,
+        raw: bytes,
+        decision: Decision,
+        trace_md: list[tuple[str, str]],
+        deadline: float | None,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self.raw = raw
+        self.decision = decision
+        self.trace_md = trace_md
+        self.deadline = deadline
+        self.future: asyncio.Future[tuple[str, Replica, bytes, pb.ForecastResponse]] = (
+            loop.create_future()
+        )
+        self.attempt: tuple[str, str] | None = None
+        self._split: tuple[list[bytes], list[str], bytes] | None = None
+
+    @property
+    def variant(self) -> str:
+        return self.decision.variant
+
+    def split(self) -> tuple[list[bytes], list[str], bytes]:
+        if self._split is None:
+            self._split = wire.split_request(self.raw)
+        return self._split
+
+    def batch_key(self) -> tuple[bytes, str]:
+        return (self.split()[2], str(self.decision.reason))
+
+    def series_ids(self) -> frozenset[str]:
+        return frozenset(self.split()[1])
+
+    @property
+    def size(self) -> int:
+        return len(self.split()[0])
+
+    def succeed(self, result: tuple[str, Replica, bytes, pb.ForecastResponse]) -> None:
+        if not self.future.done():
+            self.future.set_result(result)
+
+    def fail(self, exc: BaseException) -> None:
+        if not self.future.done():
+            self.future.set_exception(exc)

@@ -486,3 +486,65 @@ async def test_dual_run_copies_that_wait_are_joined_and_each_recorded_as_its_cal
             await channel.close()
     finally:
         await c.close()
+
+
+def _joined_calls(c: Cluster) -> float:
+    [metric] = c.router.metrics.joined.collect()
+    return next(s.value for s in metric.samples if s.name.endswith("_count"))
+
+
+async def test_calls_to_a_busy_variant_are_joined_and_each_gets_its_own_answer(
+    registry_copy: TrainedRegistry,
+) -> None:
+    """One call in flight at most, then joining: 40 calls at once (three of them for one
+    series id, which never share a call) each get the forecasts of their own series, the
+    very answer the stable server gives a call of its own."""
+    c = await make_cluster(registry_copy, canary_weight=0.0, mirror_fraction=0.0, join_after=1)
+    try:
+        calls = [(f"s{i}", 900 + 7 * i) for i in range(37)] + [
+            ("dup", 500),
+            ("dup", 600),
+            ("dup", 700),
+        ]
+        answers = await asyncio.gather(*(c.stub.Forecast(request(x, offset=o)) for x, o in calls))
+        assert _joined_calls(c) >= 1
+        direct = pb_grpc.ForecasterStub(
+            channel := grpc.aio.insecure_channel(f"127.0.0.1:{c.stable.port}")
+        )
+        try:
+            for (x, o), answer in zip(calls, answers, strict=True):
+                assert [f.series_id for f in answer.forecasts] == [x]
+                assert answer.model.variant == "stable"
+                alone = await direct.Forecast(request(x, offset=o))
+                got, want = answer.forecasts[0], alone.forecasts[0]
+                assert list(got.point) == pytest.approx(list(want.point), rel=1e-5)
+                assert list(got.timestamps) == list(want.timestamps)
+                assert got.forecast_id and got.forecast_id != want.forecast_id
+        finally:
+            await channel.close()
+        routed = c.router.metrics.routed.labels("stable", "sticky", "OK")._value.get()
+        assert routed == len(calls)  # every caller counted, joined or not
+        assert len(c.forecasts()) == len(calls)  # and recorded, each under its own call
+    finally:
+        await c.close()
+
+
+async def test_a_bad_call_joined_with_good_ones_gets_its_own_error(
+    registry_copy: TrainedRegistry,
+) -> None:
+    """The joined call is refused for one caller's series: it is sent again call by call,
+    so that caller is told about its own series (series[0]) and the others are answered."""
+    c = await make_cluster(registry_copy, canary_weight=0.0, mirror_fraction=0.0, join_after=1)
+    try:
+        bad = pb.ForecastRequest(horizon=6)
+        bad.series.add(series_id="short", history=SERIES.values[:10])
+        good = [c.stub.Forecast(request(f"g{i}", offset=900 + i)) for i in range(20)]
+        results = await asyncio.gather(*good, c.stub.Forecast(bad), return_exceptions=True)
+        *answers, refused = results
+        assert all(isinstance(a, pb.ForecastResponse) for a in answers), answers
+        assert isinstance(refused, grpc.aio.AioRpcError)
+        assert refused.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "series[0]" in (refused.details() or ""), refused.details()
+        assert c.router.metrics.joined_resent._value.get() >= 1  # it was in a joined call
+    finally:
+        await c.close()
