@@ -99,7 +99,7 @@ class RouterSettings:
     mirror_queue_size: int = 1024
     mirror_workers: int = 8
     mirror_batch: int = 64  # series per mirror call at most (copies waiting are joined)
-    join_after: int = 8  # calls in flight per replica before further calls are joined; 0: never
+    join_after: int = 4  # calls in flight per replica before further calls are joined; 0: never
     join_max: int = 64  # series per joined call at most
     mirror_timeout: float = 5.0
     keepalive: float = 2.0

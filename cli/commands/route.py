@@ -72,7 +72,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument(
         "--join-after",
         type=int,
-        default=8,
+        default=4,
         help="calls in flight per backend replica before further calls wait and are joined "
         "into multi-series calls (0: never join)",
     )
