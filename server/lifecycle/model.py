@@ -1,4 +1,5 @@
-"""The network and its inference: an LSTM encoder with a direct multi-horizon quantile head.
+"""The network and its inference: an LSTM encoder with a direct multi-horizon quantile head,
+or several of them (seeds) served as one network, :class:`EnsembleForecaster`.
 
 Every window is scaled on its own (:func:`scale_windows`), so one model serves series of
 any level and spread; the network sees and predicts scaled values only, and
@@ -11,7 +12,7 @@ registry's, a traced one) serves the calibrated intervals.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -23,6 +24,8 @@ if TYPE_CHECKING:
     from server.lifecycle.registry import ModelRef, ModelVersion, Registry
 
 __all__ = [
+    "EnsembleForecaster",
+    "Forecaster",
     "LSTMForecaster",
     "LoadedModel",
     "ModelConfig",
@@ -36,7 +39,34 @@ SCALE_FLOOR = 1e-8  # relative to max(1, |loc|): the scale of a (nearly) constan
 SEASONAL_FLOOR = 1e-3  # in scaled units: least mean absolute seasonal difference of a window
 
 
-class LSTMForecaster(torch.nn.Module):
+class Forecaster(torch.nn.Module):
+    """What every served network offers (:func:`predict`, calibration, the registry):
+    ``config``; ``forward(x)``, (batch, lookback) scaled -> (batch, horizon, n_quantiles)
+    scaled; ``seasonal_scale(x)``; and ``interval_offset`` (horizon, n_quantiles), the
+    persistent conformal correction in the head's normalised units. No parameters of its
+    own, so it adds no state-dict keys."""
+
+    config: ModelConfig
+    interval_offset: torch.Tensor  # (horizon, n_quantiles) conformal correction, normalised
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        config.validate()
+        self.config = config
+
+    def seasonal_scale(self, x: torch.Tensor) -> torch.Tensor:
+        """(batch, lookback) scaled -> (batch, 1): ``s``, the window's mean absolute
+        seasonal difference (floored), the unit of the head's output."""
+        return self._seasonal(x)[1]
+
+    def _seasonal(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The seasonal differences ``x[t] - x[t-m]`` and their scale ``s``."""
+        m = self.config.season_length
+        diff = x[:, m:] - x[:, :-m]
+        return diff, diff.abs().mean(dim=1, keepdim=True).clamp_min(SEASONAL_FLOOR)
+
+
+class LSTMForecaster(Forecaster):
     """LSTM encoder over the (per-window scaled) history, direct multi-horizon head:
     Linear(hidden -> horizon * n_quantiles) on the last hidden state.
 
@@ -50,17 +80,16 @@ class LSTMForecaster(torch.nn.Module):
     ``interval_offset`` (horizon, n_quantiles), a persistent buffer, is added to the head's
     output: the conformal correction of each quantile and step in the same normalised units
     (divided by the window's scale and by ``s``), zero by default and for the median. It is
-    part of the state dict (so of the registry's content hash) and of any traced copy.
+    part of the state dict (so of the registry's content hash) and of any traced copy;
+    a member of an :class:`EnsembleForecaster` keeps it at zero and out of its state dict
+    (``offset=False``), since the ensemble corrects the combined output once.
     """
 
     base_index: torch.Tensor  # (horizon,) input positions of the seasonal-naive forecast
     extra_index: torch.Tensor  # (extra seasons, horizon) the same for each longer season
-    interval_offset: torch.Tensor  # (horizon, n_quantiles) conformal correction, normalised
 
-    def __init__(self, config: ModelConfig) -> None:
-        super().__init__()
-        config.validate()
-        self.config = config
+    def __init__(self, config: ModelConfig, *, offset: bool = True) -> None:
+        super().__init__(config)
         extra = config.extra_seasons
         self.lstm = torch.nn.LSTM(
             input_size=2 + len(extra),
@@ -86,19 +115,8 @@ class LSTMForecaster(torch.nn.Module):
             else [torch.zeros(config.horizon, dtype=torch.long)]
         )[: len(extra)]
         self.register_buffer("extra_index", extra_index, persistent=False)
-        offset = torch.zeros(config.horizon, config.n_quantiles)
-        self.register_buffer("interval_offset", offset, persistent=True)
-
-    def seasonal_scale(self, x: torch.Tensor) -> torch.Tensor:
-        """(batch, lookback) scaled -> (batch, 1): ``s``, the window's mean absolute
-        seasonal difference (floored), the unit of the head's output."""
-        return self._seasonal(x)[1]
-
-    def _seasonal(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The seasonal differences ``x[t] - x[t-m]`` and their scale ``s``."""
-        m = self.config.season_length
-        diff = x[:, m:] - x[:, :-m]
-        return diff, diff.abs().mean(dim=1, keepdim=True).clamp_min(SEASONAL_FLOOR)
+        zeros = torch.zeros(config.horizon, config.n_quantiles)
+        self.register_buffer("interval_offset", zeros, persistent=offset)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(batch, lookback) scaled -> (batch, horizon, n_quantiles) scaled."""
@@ -114,6 +132,46 @@ class LSTMForecaster(torch.nn.Module):
             features = torch.cat((features, naive.flatten(1)), dim=1)
         y = self.head(features).view(x.shape[0], self.config.horizon, -1)
         return base.unsqueeze(-1) + s.unsqueeze(-1) * (y + self.interval_offset)
+
+
+class EnsembleForecaster(Forecaster):
+    """``config.members`` LSTMForecasters (one per training seed) served as one network.
+
+    ``forward`` averages the members' scaled quantile outputs (each the seasonal-naive
+    forecast plus its head's correction; the seasonal scale ``s`` is the same for every
+    member, a function of the window alone), then adds ``s * interval_offset``: the
+    conformal correction, applied once, to the combined output, so
+    :func:`server.lifecycle.training.calibrate` fits it exactly as on a single network. The members
+    carry no offset of their own. State dict: ``members.<i>.<the member's weights>`` and
+    ``interval_offset``; a traced copy holds them all.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__(config)
+        if config.members < 2:
+            raise ValueError(f"members must be >= 2 for an ensemble, got {config.members}")
+        member_config = replace(config, members=1)
+        self.members = torch.nn.ModuleList(
+            LSTMForecaster(member_config, offset=False) for _ in range(config.members)
+        )
+        zeros = torch.zeros(config.horizon, config.n_quantiles)
+        self.register_buffer("interval_offset", zeros, persistent=True)
+
+    @classmethod
+    def from_members(cls, config: ModelConfig, members: list[LSTMForecaster]) -> EnsembleForecaster:
+        """An ensemble of trained members' weights (their offsets left out), offset zero."""
+        if len(members) != config.members:
+            raise ValueError(f"config.members is {config.members}, got {len(members)} members")
+        net = cls(config)
+        for mine, theirs in zip(net.members, members, strict=True):
+            state = {k: v for k, v in theirs.state_dict().items() if k != "interval_offset"}
+            mine.load_state_dict(state, strict=True)
+        return net.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(batch, lookback) scaled -> (batch, horizon, n_quantiles) scaled."""
+        out = torch.stack([member(x) for member in self.members]).mean(dim=0)
+        return out + self.seasonal_scale(x).unsqueeze(-1) * self.interval_offset
 
 
 def scale_windows(windows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -132,7 +190,7 @@ def scale_windows(windows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return (w - loc) / scale, loc, scale
 
 
-def predict(net: LSTMForecaster, windows: np.ndarray) -> np.ndarray:
+def predict(net: Forecaster, windows: np.ndarray) -> np.ndarray:
     """Forecast from raw windows.
 
     ``windows``: (batch, lookback) float64 raw values, the last ``lookback`` of each history.
@@ -157,13 +215,15 @@ def predict(net: LSTMForecaster, windows: np.ndarray) -> np.ndarray:
 
 def build_model(
     config: ModelConfig, state_dict: Mapping[str, torch.Tensor] | None = None
-) -> LSTMForecaster:
-    """A network for ``config`` in eval mode, with ``state_dict`` loaded strictly if given.
+) -> Forecaster:
+    """A network for ``config`` in eval mode (an :class:`EnsembleForecaster` when
+    ``config.members`` > 1, else an :class:`LSTMForecaster`), with ``state_dict`` loaded
+    strictly if given.
 
     A state dict saved before the conformal correction existed has no ``interval_offset``:
     it loads with the correction at zero (the intervals it was trained and scored with).
     """
-    net = LSTMForecaster(config)
+    net: Forecaster = EnsembleForecaster(config) if config.members > 1 else LSTMForecaster(config)
     if state_dict is not None:
         state = dict(state_dict)
         state.setdefault("interval_offset", torch.zeros_like(net.interval_offset))
@@ -178,7 +238,7 @@ class LoadedModel:
 
     version: ModelVersion
     config: ModelConfig
-    net: LSTMForecaster = field(repr=False)
+    net: Forecaster = field(repr=False)
 
     @property
     def name(self) -> str:

@@ -14,7 +14,12 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-__all__ = ["DriftPolicy", "ModelConfig", "TrainParams"]
+__all__ = ["DEFAULT_MEMBERS", "DriftPolicy", "ModelConfig", "TrainParams"]
+
+#: Seed members of the default recipe (`server.lifecycle.pipeline.config_for`). ModelConfig's own
+#: default stays 1: a config saved without the field (every model trained before it) is one
+#: network.
+DEFAULT_MEMBERS = 3
 
 
 @dataclass(frozen=True)
@@ -39,6 +44,10 @@ class ModelConfig:
     # reach it as differences on those steps, and the head as naive forecasts, so a year
     # of daily data need not be read step by step. 0 for models trained before it existed.
     encoder_steps: int = 0
+    # Seed members served as one network (their quantiles averaged, server.lifecycle.model's
+    # EnsembleForecaster); 1: a single LSTMForecaster, as every model trained before it.
+    # The default recipe (config_for) takes DEFAULT_MEMBERS.
+    members: int = 1
 
     def __post_init__(self) -> None:
         if isinstance(self.extra_seasons, list):
@@ -75,7 +84,15 @@ class ModelConfig:
 
     def validate(self) -> None:
         """Raise ValueError naming the first invalid field."""
-        for name in ("lookback", "horizon", "hidden", "layers", "step_seconds", "season_length"):
+        for name in (
+            "lookback",
+            "horizon",
+            "hidden",
+            "layers",
+            "step_seconds",
+            "season_length",
+            "members",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
@@ -142,6 +159,8 @@ class ModelConfig:
             del d["extra_seasons"]  # absent unless set: configs and keys of earlier models hold
         if not self.encoder_steps:
             del d["encoder_steps"]
+        if self.members == 1:
+            del d["members"]
         return d
 
     @classmethod

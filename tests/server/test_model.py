@@ -10,7 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from server.lifecycle.model import LSTMForecaster, ModelConfig, build_model, predict, scale_windows
+from server.lifecycle.model import (
+    EnsembleForecaster,
+    LSTMForecaster,
+    ModelConfig,
+    build_model,
+    predict,
+    scale_windows,
+)
 
 TINY = ModelConfig(lookback=36, horizon=6, hidden=8, layers=1)
 
@@ -19,7 +26,7 @@ def _random_model(config: ModelConfig = TINY, seed: int = 0) -> LSTMForecaster:
     """A net whose head is not zero, so it does more than seasonal naive."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        net = build_model(config)
+        net = LSTMForecaster(config)
         torch.nn.init.normal_(net.head.weight, std=0.5)
         torch.nn.init.normal_(net.head.bias, std=0.5)
     return net
@@ -70,6 +77,9 @@ def test_config_defaults_are_valid() -> None:
         ({"freq": "fortnightly"}, "freq"),
         ({"step_seconds": 0}, "step_seconds"),
         ({"season_length": 0}, "season_length"),
+        ({"members": 0}, "members"),
+        ({"members": 2.0}, "members"),
+        ({"members": True}, "members"),
         ({"colour": "red"}, "colour"),
     ],
 )
@@ -247,3 +257,94 @@ def test_interval_offset_is_in_the_content_hash_and_a_traced_copy() -> None:
         traced = torch.jit.trace(net, x)
         torch.testing.assert_close(traced(x), net(x))
         assert not torch.equal(traced(x), plain(x))
+
+
+# -- seed ensembles ----------------------------------------------------------------------
+
+#: The state-dict keys of a one-layer LSTMForecaster, as saved by every model before ensembles.
+SINGLE_KEYS = [
+    "interval_offset",
+    "lstm.weight_ih_l0",
+    "lstm.weight_hh_l0",
+    "lstm.bias_ih_l0",
+    "lstm.bias_hh_l0",
+    "head.weight",
+    "head.bias",
+]
+
+
+def test_members_default_to_one_and_stay_out_of_the_dict_at_one() -> None:
+    assert ModelConfig().members == 1
+    assert "members" not in TINY.to_dict()  # configs and content keys of earlier models hold
+    assert ModelConfig.from_dict(TINY.to_dict()).members == 1
+    three = ModelConfig(lookback=36, horizon=6, hidden=8, layers=1, members=3)
+    assert three.to_dict()["members"] == 3
+    assert ModelConfig.from_dict(json.loads(json.dumps(three.to_dict()))) == three
+
+
+def test_one_member_is_the_lstm_forecaster_with_its_keys() -> None:
+    net = build_model(TINY)
+    assert type(net) is LSTMForecaster
+    assert sorted(net.state_dict()) == sorted(SINGLE_KEYS)
+
+
+def _random_ensemble(members: int = 3, seed: int = 0) -> EnsembleForecaster:
+    config = ModelConfig(lookback=36, horizon=6, hidden=8, layers=1, members=members)
+    member_config = ModelConfig(lookback=36, horizon=6, hidden=8, layers=1)
+    parts = [_random_model(member_config, seed + i) for i in range(members)]
+    return EnsembleForecaster.from_members(config, parts)
+
+
+def test_ensemble_keys_and_build() -> None:
+    net = _random_ensemble()
+    assert type(build_model(net.config)) is EnsembleForecaster
+    expected = ["interval_offset"] + [
+        f"members.{i}.{k}" for i in range(3) for k in SINGLE_KEYS if k != "interval_offset"
+    ]
+    assert sorted(net.state_dict()) == sorted(expected)
+    with pytest.raises(ValueError, match="members"):
+        EnsembleForecaster(TINY)
+
+
+def test_ensemble_forward_is_the_mean_of_its_members_plus_one_offset() -> None:
+    members = [_random_model(seed=s) for s in (0, 1, 2)]
+    net = _random_ensemble()
+    delta = torch.linspace(-0.3, 0.9, TINY.horizon)
+    with torch.no_grad():
+        net.interval_offset[:, 0] = -delta
+        net.interval_offset[:, -1] = delta
+    x = torch.from_numpy(scale_windows(_windows(16, TINY.lookback))[0]).float()
+    with torch.inference_mode():
+        mean = torch.stack([m(x) for m in members]).mean(dim=0)
+        s = members[0].seasonal_scale(x)
+        torch.testing.assert_close(net.seasonal_scale(x), s)
+        torch.testing.assert_close(net(x), mean + s.unsqueeze(-1) * net.interval_offset)
+    w = _windows(16, TINY.lookback)
+    for a, b in ((10.0, 1000.0), (0.01, -3.0)):  # invariant like one network
+        np.testing.assert_allclose(
+            predict(net, a * w + b), a * predict(net, w) + b, rtol=1e-5, atol=1e-5
+        )
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::torch.jit.TracerWarning")
+def test_ensemble_round_trips_through_the_registry_and_a_traced_copy(tmp_path: Any) -> None:
+    from server.lifecycle.model import load_version
+    from server.lifecycle.registry import Registry, content_digest
+
+    net = _random_ensemble()
+    with torch.no_grad():
+        net.interval_offset[:, -1] = 0.5
+    registry = Registry(tmp_path)
+    version = registry.register("ens", net.state_dict(), net.config.to_dict(), {})
+    loaded = load_version(registry, f"ens:{version.version}")
+    assert type(loaded.net) is EnsembleForecaster and loaded.config == net.config
+    w = _windows(8, TINY.lookback)
+    np.testing.assert_array_equal(loaded.predict(w), predict(net, w))
+    # the offset is part of the content hash
+    plain = _random_ensemble()
+    config = net.config.to_dict()
+    assert content_digest(plain.state_dict(), config) != content_digest(net.state_dict(), config)
+    x = torch.from_numpy(scale_windows(w)[0]).float()
+    with torch.inference_mode():
+        traced = torch.jit.trace(net, x)
+        torch.testing.assert_close(traced(x), net(x))
