@@ -2,10 +2,11 @@
 
 On the bundled real series, with a rolling origin over each series' test period (the
 last 15 %, which no model saw in training): the LSTM trained with the default recipe
-(`TrainParams()`, `config_for(dataset)`: seasons, lookback and horizon from the data, no
-tuning per dataset), and seasonal naive, AutoETS, AutoARIMA and MSTL (every season of the
-data) from statsforecast, each fitted once per series on the history before its test
-period and applied at every origin (see bench/stats_baselines.py; its own venv).
+(`TrainParams()`, `config_for(dataset)`: seasons, lookback and horizon from the data,
+`DEFAULT_MEMBERS` seed members served as one network, no tuning per dataset), and
+seasonal naive, AutoETS, AutoARIMA and MSTL (every season of the data) from
+statsforecast, each fitted once per series on the history before its test period and
+applied at every origin (see bench/stats_baselines.py; its own venv).
 
 At least 50 origins per series where the test period allows (hourly: candidates every 6
 hours, less than the 24-hour horizon; us-employment's 18 test months hold 7 per series).
@@ -275,8 +276,9 @@ def _case(case: Case, params: TrainParams, stats_python: Path | None) -> tuple[d
         "seasons": list(config.seasons),
         "encoder_steps": config.encoder_steps,
         "bootstrap_block": block,
+        "lstm_members": config.members,
         "lstm_train_seconds": train_seconds,
-        "lstm_epochs": result.epochs_run,
+        "lstm_epochs": result.epochs_run,  # summed over the members
         "stats_seconds": stats_seconds,
         "models": models,
         "paired_mase_difference": paired,

@@ -67,7 +67,15 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--router", default="127.0.0.1:50050", help="router HOST:PORT (control API)")
     p.add_argument("--token-file", type=Path, help="admin token (default: $CANARYCAST_ADMIN_TOKEN)")
     control_tls_args(p)
-    for flag in ("--lookback", "--horizon", "--hidden", "--layers", "--epochs", "--seed"):
+    for flag in (
+        "--lookback",
+        "--horizon",
+        "--hidden",
+        "--layers",
+        "--members",
+        "--epochs",
+        "--seed",
+    ):
         p.add_argument(flag, type=int, help="override the stable model's recipe")
     p.add_argument("--max-windows-per-epoch", type=int, help="override the stable model's recipe")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -230,9 +238,12 @@ def cmd_retrain(args: argparse.Namespace) -> int:
         recipe = dict(meta.get("parameters", {}))
         config_keys = ("lookback", "horizon", "hidden", "layers", "dropout", "quantiles")
         overrides = {k: recipe[k] for k in config_keys if k in recipe}
+        # The stable model's seed members: absent from its recipe means one (to_dict
+        # leaves members out at 1), not today's default.
+        overrides["members"] = recipe.get("members", 1)
         train_keys = TrainParams().to_dict().keys()
         train_fields = {k: recipe[k] for k in train_keys if k in recipe and k != "series_ids"}
-        for key in ("lookback", "horizon", "hidden", "layers"):
+        for key in ("lookback", "horizon", "hidden", "layers", "members"):
             if getattr(args, key) is not None:
                 overrides[key] = getattr(args, key)
         for key in ("epochs", "seed", "max_windows_per_epoch"):

@@ -25,7 +25,7 @@ from cli.commands.flags import (
 
 def add_parsers(sub: Any) -> None:
     # Defaults read off the dataclasses, none built: no torch, no pandas, a fast start.
-    from server.lifecycle.recipe import ModelConfig, TrainParams
+    from server.lifecycle.recipe import DEFAULT_MEMBERS, ModelConfig, TrainParams
 
     config, params = defaults(ModelConfig), defaults(TrainParams)
     p = sub.add_parser("train", help="train an LSTM on real data and register it")
@@ -56,6 +56,13 @@ def add_parsers(sub: Any) -> None:
     )
     p.add_argument("--hidden", type=int, default=config.hidden, help="LSTM hidden units")
     p.add_argument("--layers", type=int, default=config.layers, help="LSTM layers")
+    p.add_argument(
+        "--members",
+        type=int,
+        default=DEFAULT_MEMBERS,
+        help="seed members (seeds --seed, --seed + 1, ...) served as one network, their "
+        "quantiles averaged (default: %(default)s)",
+    )
     p.add_argument("--dropout", type=float, default=config.dropout)
     p.add_argument(
         "--quantiles",
@@ -132,6 +139,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             **given,
             hidden=args.hidden,
             layers=args.layers,
+            members=args.members,
             dropout=args.dropout,
             quantiles=tuple(args.quantiles),
         )

@@ -18,6 +18,7 @@ import numpy as np
 from canarycast import __version__
 from server.lifecycle.data import Dataset
 from server.lifecycle.model import ModelConfig
+from server.lifecycle.recipe import DEFAULT_MEMBERS
 from server.lifecycle.registry import ModelVersion, Registry
 from server.lifecycle.seasons import Defaults, derive
 from server.lifecycle.training import TrainParams, train
@@ -35,10 +36,11 @@ def defaults_for(dataset: Dataset, **overrides: Any) -> Defaults:
 
 def config_for(dataset: Dataset, **overrides: Any) -> ModelConfig:
     """The default ModelConfig for `dataset` (its frequency, step, seasons, lookback and
-    horizon from :func:`defaults_for`), with overrides."""
+    horizon from :func:`defaults_for`; ``DEFAULT_MEMBERS`` seed members), with overrides."""
     fields = {
         "freq": dataset.freq,
         "step_seconds": int(dataset.step / np.timedelta64(1, "s")),
+        "members": DEFAULT_MEMBERS,
         **defaults_for(dataset, **overrides).fields,
     }
     return ModelConfig(**{**fields, **overrides})

@@ -30,7 +30,7 @@ import pandas as pd
 from canarycast import __version__
 from server.lifecycle.data import Dataset, load_dataset, read_long_format, split_points
 from server.lifecycle.drift import combine
-from server.lifecycle.model import LSTMForecaster, ModelConfig, build_model, predict
+from server.lifecycle.model import Forecaster, ModelConfig, build_model, predict
 from server.lifecycle.observations import ObservationStore, observations_hash
 from server.lifecycle.pipeline import config_for, recipe_key
 from server.lifecycle.registry import ModelVersion, Registry
@@ -112,7 +112,7 @@ def prepare_data(base: str, observations: Path | None, out: Path) -> Prepared:
 
 
 def holdout_mase(
-    net: LSTMForecaster,
+    net: Forecaster,
     dataset: Dataset,
     horizon: int,
     series_ids: list[str] | None = None,
@@ -189,8 +189,8 @@ class Comparison:
 
 
 def compare_on_holdout(
-    candidate: LSTMForecaster,
-    stable: tuple[str, LSTMForecaster] | None,
+    candidate: Forecaster,
+    stable: tuple[str, Forecaster] | None,
     dataset: Dataset,
     tolerance: float = 0.0,
     holdout: int | None = None,
@@ -206,7 +206,7 @@ def compare_on_holdout(
     return Comparison(mase, stable_mase, stable[0] if stable else None, windows, horizon, tolerance)
 
 
-def load_net(registry: Registry, name: str, version: str) -> LSTMForecaster:
+def load_net(registry: Registry, name: str, version: str) -> Forecaster:
     mv, state = registry.load(name, version)
     return build_model(ModelConfig.from_dict(mv.config), state)
 

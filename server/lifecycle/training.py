@@ -23,14 +23,21 @@ from __future__ import annotations
 
 import math
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from server.lifecycle.data import DataError, Dataset, split_points
-from server.lifecycle.model import LSTMForecaster, ModelConfig, predict, scale_windows
+from server.lifecycle.model import (
+    EnsembleForecaster,
+    Forecaster,
+    LSTMForecaster,
+    ModelConfig,
+    predict,
+    scale_windows,
+)
 from server.lifecycle.recipe import TrainParams
 from server.lifecycle.scoring import insample_seasonal_mae, offline_scores, seasonal_naive_forecast
 
@@ -159,7 +166,7 @@ def _pinball(pred: torch.Tensor, target: torch.Tensor, q: torch.Tensor) -> torch
     return torch.maximum(q * err, (q - 1.0) * err).mean()
 
 
-def _val_loss(net: LSTMForecaster, windows: _Windows, idx: np.ndarray, q: torch.Tensor) -> float:
+def _val_loss(net: Forecaster, windows: _Windows, idx: np.ndarray, q: torch.Tensor) -> float:
     """Mean pinball loss (scaled units) over the windows ``idx``, in fixed chunks."""
     net.eval()
     total = 0.0
@@ -170,7 +177,7 @@ def _val_loss(net: LSTMForecaster, windows: _Windows, idx: np.ndarray, q: torch.
     return total / idx.size
 
 
-def _test_scores(net: LSTMForecaster, windows: _Windows) -> dict[str, float]:
+def _test_scores(net: Forecaster, windows: _Windows) -> dict[str, float]:
     """Offline scores of the served path (:func:`predict`) on every test window."""
     idx = np.arange(len(windows))
     forecasts = np.concatenate(
@@ -217,7 +224,7 @@ def calibration_key(lo: float, hi: float) -> str:
     return f"calibration_delta_{lo:g}_{hi:g}"
 
 
-def calibrate(net: LSTMForecaster, windows: _Windows) -> dict[str, float]:
+def calibrate(net: Forecaster, windows: _Windows) -> dict[str, float]:
     """Conformalized quantile regression: set ``net.interval_offset`` from the windows
     (``train`` passes the training and validation windows together) and return
     the calibration figures: ``calibration_windows`` and, per interval, the mean offset.
@@ -226,7 +233,8 @@ def calibrate(net: LSTMForecaster, windows: _Windows) -> dict[str, float]:
     ``c = q_j - q_i``, and each horizon step h, the conformity scores are
     ``E = max(lo - y, y - hi)`` in the head's normalised units (divided by the window's
     scale and by its seasonal scale ``s``, so the correction is scale-invariant like the
-    network), and ``delta[h] = conformal_quantile(E[:, h], c)``: q_i moves by ``-delta``,
+    network; for an ensemble, of its combined output), and
+    ``delta[h] = conformal_quantile(E[:, h], c)``: q_i moves by ``-delta``,
     q_j by ``+delta``. A negative delta narrows intervals that were too wide. Any earlier
     offset is replaced; the median's stays zero.
     """
@@ -264,45 +272,44 @@ def calibrate(net: LSTMForecaster, windows: _Windows) -> dict[str, float]:
     return figures
 
 
-def train(
-    dataset: Dataset, config: ModelConfig, params: TrainParams, *, progress: bool = True
-) -> TrainResult:
-    """Train on the dataset's training splits, stop early on validation loss, conformalize
-    the intervals on the training and validation windows (unless ``params.calibrate`` is
-    False), score on test. The scores then hold the calibrated coverage and the figures of
-    :func:`calibrate`.
+@dataclass(frozen=True)
+class _Member:
+    """One trained network: best-validation weights loaded, in eval mode."""
 
-    Raises DataError when a split gets no windows or a series' training part has no
-    seasonal variation, ValueError when config.freq is not the dataset's, KeyError for an
-    unknown series id, RuntimeError if the validation loss is never finite.
-    """
-    config.validate()
-    if config.freq != dataset.freq:
-        raise ValueError(f"config.freq {config.freq!r} differs from the dataset's {dataset.freq!r}")
-    train_w, val_w, test_w = _build_windows(
-        dataset, config, params.series_ids, params.holdout_points
-    )
+    net: LSTMForecaster
+    history: list[dict[str, float]]
+    stopped_early: bool
+
+
+def _fit_member(
+    train_w: _Windows,
+    val_w: _Windows,
+    val_idx: np.ndarray,
+    config: ModelConfig,
+    params: TrainParams,
+    seed: int,
+    desc: str,
+    progress: bool,
+) -> _Member:
+    """Train one LSTMForecaster from ``seed`` (weights and the order of windows), stop
+    early on the validation loss, restore its best weights."""
     q = torch.tensor(config.quantiles, dtype=torch.float32)
-    rng = np.random.default_rng(params.seed)
+    rng = np.random.default_rng(seed)
     n_train = len(train_w)
     cap = params.max_windows_per_epoch
     per_epoch = n_train if cap is None else min(cap, n_train)
-    # A fixed, evenly spread subset keeps validation cheap and comparable across epochs.
-    n_val = len(val_w) if cap is None else min(cap, len(val_w))
-    val_idx = np.unique(np.linspace(0, len(val_w) - 1, n_val).round().astype(np.int64))
-
     history: list[dict[str, float]] = []
     best_loss = math.inf
     best_state: dict[str, torch.Tensor] = {}
     since_best = 0
     stopped_early = False
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(params.seed)
+        torch.manual_seed(seed)
         net = LSTMForecaster(config)
         opt = torch.optim.Adam(net.parameters(), lr=params.learning_rate)
         bar = tqdm(
             range(1, params.epochs + 1),
-            desc=f"train {dataset.name}",
+            desc=desc,
             unit="epoch",
             disable=not progress,
             file=sys.stderr,
@@ -338,6 +345,63 @@ def train(
         raise RuntimeError("training diverged: the validation loss was never finite")
     net.load_state_dict(best_state)
     net.eval()
+    return _Member(net, history, stopped_early)
+
+
+def train(
+    dataset: Dataset, config: ModelConfig, params: TrainParams, *, progress: bool = True
+) -> TrainResult:
+    """Train on the dataset's training splits, stop early on validation loss, conformalize
+    the intervals on the training and validation windows (unless ``params.calibrate`` is
+    False), score on test. The scores then hold the calibrated coverage and the figures of
+    :func:`calibrate`.
+
+    With ``config.members`` K > 1, K networks are trained one after another from seeds
+    ``params.seed + i`` (each its own weights, window order and early stopping; the
+    progress bar names the member), then served as one :class:`EnsembleForecaster`
+    (their quantiles averaged), which is calibrated once and scored; its state dict is
+    the result's. ``history`` then holds every member's epochs in turn, each record with
+    its ``member`` (0-based; absent for K = 1); ``epochs_run`` is their total (the
+    training cost in epochs, ``len(history)``); ``stopped_early`` is True when every
+    member stopped on its patience (False: at least one ran to ``params.epochs``).
+
+    Raises DataError when a split gets no windows or a series' training part has no
+    seasonal variation, ValueError when config.freq is not the dataset's, KeyError for an
+    unknown series id, RuntimeError if the validation loss is never finite.
+    """
+    config.validate()
+    if config.freq != dataset.freq:
+        raise ValueError(f"config.freq {config.freq!r} differs from the dataset's {dataset.freq!r}")
+    train_w, val_w, test_w = _build_windows(
+        dataset, config, params.series_ids, params.holdout_points
+    )
+    cap = params.max_windows_per_epoch
+    # A fixed, evenly spread subset keeps validation cheap and comparable across epochs.
+    n_val = len(val_w) if cap is None else min(cap, len(val_w))
+    val_idx = np.unique(np.linspace(0, len(val_w) - 1, n_val).round().astype(np.int64))
+
+    n_members = config.members
+    member_config = replace(config, members=1)
+    fitted = [
+        _fit_member(
+            train_w,
+            val_w,
+            val_idx,
+            member_config,
+            params,
+            params.seed + i,
+            f"train {dataset.name}" + (f" member {i + 1}/{n_members}" if n_members > 1 else ""),
+            progress,
+        )
+        for i in range(n_members)
+    ]
+    net: Forecaster
+    if n_members == 1:
+        net = fitted[0].net
+        history = fitted[0].history
+    else:
+        net = EnsembleForecaster.from_members(config, [m.net for m in fitted])
+        history = [{"member": float(i), **h} for i, m in enumerate(fitted) for h in m.history]
     calibration = calibrate(net, train_w + val_w) if params.calibrate else {}
     scores = {**_test_scores(net, test_w), **calibration}
     state = {k: v.detach().clone().cpu().contiguous() for k, v in net.state_dict().items()}
@@ -348,5 +412,5 @@ def train(
         scores=scores,
         history=history,
         epochs_run=len(history),
-        stopped_early=stopped_early,
+        stopped_early=all(m.stopped_early for m in fitted),
     )

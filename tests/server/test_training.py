@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from server.lifecycle.data import DataError, Dataset, Series, load_dataset
-from server.lifecycle.model import ModelConfig, build_model, predict
+from server.lifecycle.model import EnsembleForecaster, LSTMForecaster, ModelConfig, build_model, predict
 from server.lifecycle.pipeline import config_for
 from server.lifecycle.scoring import offline_scores
 from server.lifecycle.training import (
@@ -184,6 +184,62 @@ def test_progress_bar_on_stderr(capsys: pytest.CaptureFixture[str]) -> None:
     captured = capsys.readouterr()
     assert "epoch" in captured.err and "val=" in captured.err
     assert captured.out == ""
+
+
+def test_members_train_from_successive_seeds_and_serve_as_their_mean(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    ds = _synthetic()
+    pair = replace(TINY, members=2)
+    params = replace(QUICK, seed=3)
+    r = train(ds, pair, params, progress=True)
+    err = capsys.readouterr().err
+    assert "member 1/2" in err and "member 2/2" in err
+    # history: every member's epochs in turn, each with its member; epochs_run their total
+    assert [(h["member"], h["epoch"]) for h in r.history] == [
+        (0.0, 1.0),
+        (0.0, 2.0),
+        (1.0, 1.0),
+        (1.0, 2.0),
+    ]
+    assert r.epochs_run == 4 and not r.stopped_early
+    assert r.config.members == 2
+    net = build_model(pair, r.state_dict)
+    assert isinstance(net, EnsembleForecaster)
+    assert set(r.state_dict) == set(net.state_dict())
+    # each member is the network one-member training gives from seed 3 + i
+    singles = [train(ds, TINY, replace(params, seed=3 + i), progress=False) for i in (0, 1)]
+    raw = []
+    for i, single in enumerate(singles):
+        weights = {k: v for k, v in single.state_dict.items() if k != "interval_offset"}
+        mine = {
+            k.removeprefix(f"members.{i}."): v
+            for k, v in r.state_dict.items()
+            if k.startswith(f"members.{i}.")
+        }
+        assert mine.keys() == weights.keys()
+        assert all(torch.equal(mine[k], weights[k]) for k in mine)
+        member = build_model(TINY, weights)  # its own offset left at zero: the raw output
+        assert isinstance(member, LSTMForecaster)
+        raw.append(member)
+    # the forecast is the mean of the members' raw outputs plus the one calibrated offset
+    _, _, test_w = _build_windows(ds, pair, None)
+    x, _ = test_w.tensors(np.arange(len(test_w)))
+    offset = r.state_dict["interval_offset"]
+    assert offset[:, [0, 2]].abs().min() > 0 and not offset[:, 1].any()
+    with torch.inference_mode():
+        mean = torch.stack([m(x) for m in raw]).mean(dim=0)
+        expected = mean + raw[0].seasonal_scale(x).unsqueeze(-1) * offset
+        torch.testing.assert_close(net(x), expected)
+    # and the scores are those of the served ensemble
+    again = offline_scores(
+        test_w.targets(),
+        predict(net, test_w.inputs()),
+        pair.quantiles,
+        insample_scale=test_w.insample_scale,
+        snaive=test_w.snaive(),
+    )
+    assert again == {k: v for k, v in r.scores.items() if not k.startswith("calibration_")}
 
 
 @pytest.fixture(scope="module")
