@@ -76,9 +76,16 @@ def handler_check(model: BenchModel, folder: Path, n: int = 8) -> dict[str, Any]
     answers = [json.loads(a) for a in handler.handle(data, None)]
     loaded = load_model(Registry(model.registry), model.ref)
     expected = loaded.predict(np.stack([h[-config["lookback"] :] for h in hist]))
-    got = np.array([a["point"] for a in answers])
-    diff = float(np.abs(got - expected[:, :, loaded.point_index]).max())
-    return {"answers": len(answers), "max_abs_diff_vs_server_predict": diff}
+    # every quantile the handler answers (point, lower, upper), not the median alone
+    diff = max(
+        float(np.abs(np.array([a[key] for a in answers]) - expected[:, :, j]).max())
+        for key, j in (("point", loaded.point_index), ("lower", 0), ("upper", -1))
+    )
+    return {
+        "answers": len(answers),
+        "members": loaded.config.members,
+        "max_abs_diff_vs_server_predict": diff,
+    }
 
 
 def _pip(args: list[str]) -> None:

@@ -1,6 +1,7 @@
 """TorchServe handler serving canarycast's trained LSTM (TorchScript), for the peer benchmark.
 
-The archive holds `model.pt` (the served network traced with torch.jit, same weights) and
+The archive holds `model.pt` (the served network traced with torch.jit, same weights: one
+LSTMForecaster, or a seed ensemble whose members' quantiles the traced graph averages) and
 `config.json` (its ModelConfig). Each request body is JSON `{"history": [...], "horizon": h}`;
 the answer is `{"quantiles": [...], "point": [...], "lower": [...], "upper": [...]}`. The
 pre- and post-processing is `server.lifecycle.model.predict` step for step: per-window scaling by

@@ -17,6 +17,7 @@ import pytest
 
 from bench.common import BenchModel
 from bench.run import main, run
+from server.lifecycle.recipe import DEFAULT_MEMBERS
 from tests.conftest import MODEL, TrainedRegistry
 
 
@@ -75,6 +76,7 @@ def test_torchserve_handler_answers_like_the_model_server(
 
     check = handler_check(model, tmp_path / "handler")
     assert check["answers"] == 8
+    assert check["members"] == DEFAULT_MEMBERS  # the session's model is a seed ensemble
     assert check["max_abs_diff_vs_server_predict"] < 1e-3
 
 

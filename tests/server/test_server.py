@@ -23,10 +23,11 @@ from canarycast.spans import read_forecasts
 from canarycast.v1 import forecast_pb2 as pb
 from canarycast.v1 import forecast_pb2_grpc as pb_grpc
 from canarycast.validation import Limits
-from server.lifecycle.data import load_dataset
 from server.serving.app import SERVICE_NAME, ModelServer, ServerSettings
+from server.lifecycle.data import load_dataset
 from server.serving.loader import load_model
 from server.serving.metrics import ServerMetrics
+from server.lifecycle.recipe import DEFAULT_MEMBERS
 from tests.conftest import MODEL, TrainedRegistry, ended
 
 SERIES = load_dataset("seattle-temps").series[0]
@@ -154,9 +155,71 @@ async def test_get_model_describes_limits_and_lineage(
     assert info.lineage.dataset_hash == load_dataset("seattle-temps").content_hash
     assert {"mae", "rmse", "smape", "mase"} <= set(info.lineage.scores)
     assert info.lineage.parameters["hidden"] == "8"
+    assert info.lineage.parameters["members"] == str(DEFAULT_MEMBERS)  # a seed ensemble
     assert info.lineage.created_at.seconds > 0
     assert info.max_series_per_call == Limits().max_series_per_call
     assert info.reload_error == ""
+
+
+async def test_a_seed_ensemble_and_a_single_network_serve_from_one_registry(
+    tmp_path: Path,
+) -> None:
+    import torch
+
+    from server.lifecycle.model import LSTMForecaster, ModelConfig, build_model, scale_windows
+    from server.lifecycle.pipeline import train_and_register
+    from server.lifecycle.registry import Registry
+    from server.lifecycle.training import TrainParams
+    from tests.conftest import tiny_config
+
+    registry = Registry(tmp_path)
+    dataset = load_dataset("seattle-temps")
+    params = TrainParams(epochs=1, max_windows_per_epoch=256)
+    single, pair = (
+        train_and_register(dataset, tiny_config(members=k), params, registry, MODEL, progress=False)
+        for k in (1, 2)
+    )
+    assert "members" not in single.config  # saved as every model before ensembles
+    assert pair.config["members"] == 2
+    history = SERIES.values[1000 : 1000 + LOOKBACK]
+    # what the ensemble must answer: its members' mean, the offset once, sorted, unscaled
+    _, state = registry.load(MODEL, pair.version)
+    member_config = ModelConfig.from_dict({**pair.config, "members": 1})
+    members = [
+        build_model(
+            member_config,
+            {
+                k.removeprefix(f"members.{i}."): v
+                for k, v in state.items()
+                if k.startswith(f"members.{i}.")
+            },
+        )
+        for i in (0, 1)
+    ]
+    assert all(type(m) is LSTMForecaster for m in members)
+    scaled, loc, scale = scale_windows(history[None, :])
+    x = torch.from_numpy(scaled.astype(np.float32))
+    with torch.inference_mode():
+        mean = torch.stack([m(x) for m in members]).mean(dim=0)
+        out = mean + members[0].seasonal_scale(x).unsqueeze(-1) * state["interval_offset"]
+    expected = loc[:, :, None] + scale[:, :, None] * np.sort(out.double().numpy(), axis=-1)
+    for version in (pair, single):
+        registry.set_alias(MODEL, "stable", version.version)
+        r = await open_server(tmp_path)
+        try:
+            await r.server.load()
+            response = await r.stub.Forecast(request(horizon=6, quantiles=[0.1, 0.9]))
+            assert response.model.version == version.version
+            [f] = response.forecasts
+            direct = load_model(registry, f"{MODEL}:{version.version}").predict(history[None, :])
+            if version is pair:
+                np.testing.assert_allclose(direct, expected, rtol=1e-6)
+            np.testing.assert_allclose(f.point, direct[0, :6, 1], rtol=1e-6)
+            np.testing.assert_allclose(f.quantiles[0].values, direct[0, :6, 0], rtol=1e-6)
+            np.testing.assert_allclose(f.quantiles[1].values, direct[0, :6, 2], rtol=1e-6)
+        finally:
+            await r.channel.close()
+            await r.server.stop(grace=1)
 
 
 def _series(history: Sequence[float], series_id: str = "a", **kw: Any) -> pb.SeriesInput:
