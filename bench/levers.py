@@ -1,6 +1,6 @@
 """The recipe's levers, each measured on the validation split (never on test).
 
-    python -m bench.levers [--datasets a,b] [--out bench/results/levers.json]
+    python -m bench.levers [--datasets a,b] [--levers default,x] [--out bench/results/levers.json]
 
 For each bundled dataset the default recipe (`config_for(dataset)`, `TrainParams()`) is
 trained, then one lever at a time is changed and trained again. Each variant is scored on
@@ -120,10 +120,17 @@ def lever(dataset: Dataset, name: str) -> dict[str, Any] | None:
     return {**_score([_val_forecasts(dataset, config, state)]), "train_seconds": seconds}
 
 
-def levers_section(datasets: tuple[str, ...] = DATASETS) -> dict[str, Any]:
+def levers_section(
+    datasets: tuple[str, ...] = DATASETS, levers: tuple[str, ...] = LEVERS
+) -> dict[str, Any]:
+    if "default" not in levers:
+        raise ValueError("the levers are measured against the default: name it too")
+    unknown = sorted(set(levers) - set(LEVERS))
+    if unknown:
+        raise ValueError(f"unknown lever(s) {', '.join(unknown)}; known: {', '.join(LEVERS)}")
     rows: list[dict[str, Any]] = []
     bar = tqdm(
-        [(d, n) for d in datasets for n in LEVERS], desc="levers", unit="fit", file=sys.stderr
+        [(d, n) for d in datasets for n in levers], desc="levers", unit="fit", file=sys.stderr
     )
     loaded: dict[str, Dataset] = {}
     for ds_name, name in bar:
@@ -143,9 +150,10 @@ def levers_section(datasets: tuple[str, ...] = DATASETS) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", default=",".join(DATASETS))
+    parser.add_argument("--levers", default=",".join(LEVERS), help="default and others")
     parser.add_argument("--out", type=Path, default=RESULTS / "levers.json")
     args = parser.parse_args(argv)
-    result = levers_section(tuple(args.datasets.split(",")))
+    result = levers_section(tuple(args.datasets.split(",")), tuple(args.levers.split(",")))
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     for r in result["rows"]:
         print(
