@@ -10,8 +10,8 @@ gain can be set against its cost. The levers:
 
 - ``members-1`` (or ``members-3`` while the default has one member): the other number of
   seed members, served as one network (`server.lifecycle.model.EnsembleForecaster`: the members'
-  quantiles averaged, calibrated once on the combined output); the default recipe has
-  ``DEFAULT_MEMBERS`` (3), so ``members-1`` is one network at a third of the training cost;
+  quantiles averaged, calibrated once on the combined output), at about three times the
+  training and forward cost of one network;
 - ``all-windows``: every training window each epoch instead of at most 2,048;
 - ``epochs-60``: twice the epochs, patience 15;
 - ``hidden-32``: half the LSTM's units (32, the default until the study's first run showed

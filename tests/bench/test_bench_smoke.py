@@ -76,7 +76,7 @@ def test_torchserve_handler_answers_like_the_model_server(
 
     check = handler_check(model, tmp_path / "handler")
     assert check["answers"] == 8
-    assert check["members"] == DEFAULT_MEMBERS  # the session's model is a seed ensemble
+    assert check["members"] == DEFAULT_MEMBERS
     assert check["max_abs_diff_vs_server_predict"] < 1e-3
 
 

@@ -215,12 +215,13 @@ def test_bundled_datasets_take_their_defaults_from_the_data() -> None:
 
 
 def test_a_network_with_a_longer_season_starts_as_seasonal_naive() -> None:
-    from server.lifecycle.model import build_model, predict
+    from server.lifecycle.model import LSTMForecaster, build_model, predict
     from server.lifecycle.scoring import seasonal_naive_forecast
 
     config = config_for(load_dataset("seattle-temps"), hidden=4, layers=1)
     assert config.seasons == (24, 168) and config.encoder_steps == 48
     net = build_model(config)
+    assert isinstance(net, LSTMForecaster)
     assert net.lstm.input_size == 3  # value, daily and weekly differences
     assert net.head.in_features == 4 + config.horizon  # plus the weekly naive forecast
     y = load_dataset("seattle-temps").series[0].values

@@ -23,11 +23,11 @@ from canarycast.spans import read_forecasts
 from canarycast.v1 import forecast_pb2 as pb
 from canarycast.v1 import forecast_pb2_grpc as pb_grpc
 from canarycast.validation import Limits
-from server.serving.app import SERVICE_NAME, ModelServer, ServerSettings
 from server.lifecycle.data import load_dataset
+from server.lifecycle.recipe import DEFAULT_MEMBERS
+from server.serving.app import SERVICE_NAME, ModelServer, ServerSettings
 from server.serving.loader import load_model
 from server.serving.metrics import ServerMetrics
-from server.lifecycle.recipe import DEFAULT_MEMBERS
 from tests.conftest import MODEL, TrainedRegistry, ended
 
 SERIES = load_dataset("seattle-temps").series[0]
@@ -155,7 +155,7 @@ async def test_get_model_describes_limits_and_lineage(
     assert info.lineage.dataset_hash == load_dataset("seattle-temps").content_hash
     assert {"mae", "rmse", "smape", "mase"} <= set(info.lineage.scores)
     assert info.lineage.parameters["hidden"] == "8"
-    assert info.lineage.parameters["members"] == str(DEFAULT_MEMBERS)  # a seed ensemble
+    assert DEFAULT_MEMBERS == 1 and "members" not in info.lineage.parameters  # as before it
     assert info.lineage.created_at.seconds > 0
     assert info.max_series_per_call == Limits().max_series_per_call
     assert info.reload_error == ""

@@ -10,7 +10,13 @@ import pytest
 import torch
 
 from server.lifecycle.data import DataError, Dataset, Series, load_dataset
-from server.lifecycle.model import EnsembleForecaster, LSTMForecaster, ModelConfig, build_model, predict
+from server.lifecycle.model import (
+    EnsembleForecaster,
+    LSTMForecaster,
+    ModelConfig,
+    build_model,
+    predict,
+)
 from server.lifecycle.pipeline import config_for
 from server.lifecycle.scoring import offline_scores
 from server.lifecycle.training import (
