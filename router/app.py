@@ -64,6 +64,9 @@ from server.lifecycle.registry import Registry
 
 log = structlog.get_logger("canarycast.router")
 
+#: Seconds a starting router waits for its backends' first health answers.
+FIRST_HEALTH_WAIT = 2.0
+
 
 @dataclass(frozen=True)
 class ControllerSettings:
@@ -348,6 +351,15 @@ class RouterServer:
         async with self._health_changed:
             self._health_changed.notify_all()
 
+    async def _first_health(self) -> None:
+        """Wait (at most FIRST_HEALTH_WAIT seconds) for every replica's first health
+        answer, so that the first calls do not find a serving backend marked down."""
+        replicas = [r for pool in self.router.pools.values() for r in pool.replicas]
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(
+                asyncio.gather(*(r.checked.wait() for r in replicas)), FIRST_HEALTH_WAIT
+            )
+
     async def start(self) -> int:
         address = f"{self.settings.host}:{self.settings.port}"
         self.port = add_port(self.server, address, self.settings.tls)
@@ -365,6 +377,7 @@ class RouterServer:
             for replica in pool.replicas:
                 self._health(replica)
             pool.start()
+        await self._first_health()
         self.mirror.start()
         await self.server.start()
         if self.follower is not None:

@@ -89,6 +89,8 @@ class Replica:
         self.variant = variant
         self.address = address
         self.serving = False
+        #: Set once the first health answer (or failure to get one) is in.
+        self.checked = asyncio.Event()
         self._on_health = on_health
         options: list[tuple[str, int | str]] = list(channel_options(keepalive))
         if authority is not None:
@@ -145,10 +147,12 @@ class Replica:
             try:
                 async for response in stub.Watch(health_pb2.HealthCheckRequest(service=SERVICE)):
                     self._set(response.status == health_pb2.HealthCheckResponse.SERVING)
+                    self.checked.set()
                     backoff = 0.1
             except grpc.aio.AioRpcError:
                 pass
             self._set(False)
+            self.checked.set()
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 2.0)
 

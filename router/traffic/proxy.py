@@ -343,9 +343,15 @@ class Router:
             last = i == len(attempts) - 1
             replica = self.pools[variant].pick()
             if replica is None:
-                spans.record_failed_attempt(
-                    self.tracer, variant, "", grpc.StatusCode.UNAVAILABLE.value[0], "none serving"
-                )
+                # One failed attempt per caller: the analyzer counts each as an error.
+                for _ in range(calls):
+                    spans.record_failed_attempt(
+                        self.tracer,
+                        variant,
+                        "",
+                        grpc.StatusCode.UNAVAILABLE.value[0],
+                        "none serving",
+                    )
                 if not last:
                     self.metrics.failovers.labels(variant).inc(calls)
                 continue
@@ -369,9 +375,10 @@ class Router:
                 self.metrics.backend_failures.labels(variant, code.name).inc()
                 if code == grpc.StatusCode.UNAVAILABLE:
                     replica.mark_down()
-                    spans.record_failed_attempt(
-                        self.tracer, variant, replica.address, code.value[0], "unreachable"
-                    )
+                    for _ in range(calls):
+                        spans.record_failed_attempt(
+                            self.tracer, variant, replica.address, code.value[0], "unreachable"
+                        )
                     if not last:
                         self.metrics.failovers.labels(variant).inc(calls)
                         log.warning("failover", variant=variant, backend=replica.address)
