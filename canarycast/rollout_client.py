@@ -135,6 +135,19 @@ def _ratios(j: rpb.Judgement, method: str) -> list[tuple[str, str]]:
     return rows
 
 
+def _sample(s: rpb.RolloutStatus) -> list[tuple[str, str]]:
+    """The analysis sample's row, when the controller reports one."""
+    if not s.HasField("sample"):
+        return []
+    a = s.sample
+    seen = (
+        f"{a.share:.1%} of answered calls ({a.recorded_calls:,} of {a.answered_calls:,})"
+        if a.answered_calls
+        else "no calls yet"
+    )
+    return [("analysis sample", f"{a.fraction:g} of series; analysed {seen}")]
+
+
 def format_status(s: rpb.RolloutStatus) -> str:
     """The readable table of `canarycast rollout status`."""
     if s.phase in (rpb.IDLE, rpb.PHASE_UNSPECIFIED):
@@ -150,6 +163,7 @@ def format_status(s: rpb.RolloutStatus) -> str:
         ("canary weight", f"{s.canary_weight:g}"),
         ("time in step", f"{s.seconds_in_step:.0f} s"),
         ("samples", _samples(s)),
+        *_sample(s),
         *_ratios(j, method),
         (
             "guardrails",

@@ -42,7 +42,7 @@ from canarycast.workers import (
     worker_ports,
 )
 from router.metrics import DriftMetrics, RolloutMetrics, RouterMetrics
-from router.rollout.analysis import Analyzer
+from router.rollout.analysis import Analyzer, AnalyzerStats
 from router.rollout.control import AdminAuth, RolloutControlServicer, TokenLike
 from router.rollout.controller import Controller, RolloutPolicy
 from router.rollout.spans_in import MAX_OTLP_MESSAGE, AnalyzerSpanProcessor, serve_otlp_receiver
@@ -99,6 +99,8 @@ class RouterSettings:
     mode: Mode = Mode.SPLIT
     sticky_key: StickyKey = StickyKey.SERIES_ID
     mirror_fraction: float = 1.0
+    #: Share of series in the analysis sample (copied and recorded; the rest counted only).
+    analysis_fraction: float = 1.0
     mirror_queue_size: int = 1024
     mirror_workers: int = 8
     mirror_batch: int = 64  # series per mirror call at most (copies waiting are joined)
@@ -208,6 +210,7 @@ class RouterServer:
                 mode=settings.mode,
                 sticky_key=settings.sticky_key,
                 mirror_fraction=settings.mirror_fraction,
+                analysis_fraction=settings.analysis_fraction,
             ),
             mirror=self.mirror,
             metrics=self.metrics,
@@ -253,7 +256,7 @@ class RouterServer:
         )
         if self.controller is not None:
             rpb_grpc.add_RolloutControlServicer_to_server(
-                RolloutControlServicer(self.controller), self.server
+                RolloutControlServicer(self.controller, self._sample), self.server
             )
         router = self.router
 
@@ -350,6 +353,11 @@ class RouterServer:
     async def _notify_health(self) -> None:
         async with self._health_changed:
             self._health_changed.notify_all()
+
+    def _sample(self) -> tuple[float, AnalyzerStats]:
+        """The analysis sample for the rollout status: the fraction and what reached it."""
+        assert self.analyzer is not None
+        return self.router.policy.analysis_fraction, self.analyzer.stats()
 
     async def _first_health(self) -> None:
         """Wait (at most FIRST_HEALTH_WAIT seconds) for every replica's first health

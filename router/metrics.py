@@ -81,6 +81,13 @@ class RouterMetrics:
             ["variant", "address"],
             registry=self.registry,
         )
+        self.sampled_calls = Counter(
+            "canarycast_router_sampled_calls",
+            "Answered Forecast calls by whether they are in the analysis sample (yes: copied "
+            "and recorded for the canary analysis; no: routed and counted only).",
+            ["sampled"],
+            registry=self.registry,
+        )
         self.observed_points = Counter(
             "canarycast_router_observed_points",
             "Observed values accepted by Observe.",

@@ -145,6 +145,18 @@ class VariantSamples(_message.Message):
     mean_scaled_error: float
     def __init__(self, calls: _Optional[int] = ..., errors: _Optional[int] = ..., p99_latency_seconds: _Optional[float] = ..., scored_forecasts: _Optional[int] = ..., mean_scaled_error: _Optional[float] = ...) -> None: ...
 
+class AnalysisSample(_message.Message):
+    __slots__ = ("fraction", "answered_calls", "recorded_calls", "share")
+    FRACTION_FIELD_NUMBER: _ClassVar[int]
+    ANSWERED_CALLS_FIELD_NUMBER: _ClassVar[int]
+    RECORDED_CALLS_FIELD_NUMBER: _ClassVar[int]
+    SHARE_FIELD_NUMBER: _ClassVar[int]
+    fraction: float
+    answered_calls: int
+    recorded_calls: int
+    share: float
+    def __init__(self, fraction: _Optional[float] = ..., answered_calls: _Optional[int] = ..., recorded_calls: _Optional[int] = ..., share: _Optional[float] = ...) -> None: ...
+
 class DecisionRecord(_message.Message):
     __slots__ = ("at", "action", "reason", "actor", "weight")
     AT_FIELD_NUMBER: _ClassVar[int]
@@ -160,7 +172,7 @@ class DecisionRecord(_message.Message):
     def __init__(self, at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., action: _Optional[str] = ..., reason: _Optional[str] = ..., actor: _Optional[str] = ..., weight: _Optional[float] = ...) -> None: ...
 
 class RolloutStatus(_message.Message):
-    __slots__ = ("rollout_id", "phase", "model", "stable_version", "candidate_version", "step", "steps", "canary_weight", "stable", "canary", "judgement", "seconds_in_step", "last_decision", "started_at", "ended_at", "outcome_reason")
+    __slots__ = ("rollout_id", "phase", "model", "stable_version", "candidate_version", "step", "steps", "canary_weight", "stable", "canary", "judgement", "seconds_in_step", "last_decision", "started_at", "ended_at", "outcome_reason", "sample")
     ROLLOUT_ID_FIELD_NUMBER: _ClassVar[int]
     PHASE_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -177,6 +189,7 @@ class RolloutStatus(_message.Message):
     STARTED_AT_FIELD_NUMBER: _ClassVar[int]
     ENDED_AT_FIELD_NUMBER: _ClassVar[int]
     OUTCOME_REASON_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_FIELD_NUMBER: _ClassVar[int]
     rollout_id: str
     phase: Phase
     model: str
@@ -193,7 +206,8 @@ class RolloutStatus(_message.Message):
     started_at: _timestamp_pb2.Timestamp
     ended_at: _timestamp_pb2.Timestamp
     outcome_reason: str
-    def __init__(self, rollout_id: _Optional[str] = ..., phase: _Optional[_Union[Phase, str]] = ..., model: _Optional[str] = ..., stable_version: _Optional[str] = ..., candidate_version: _Optional[str] = ..., step: _Optional[int] = ..., steps: _Optional[_Iterable[float]] = ..., canary_weight: _Optional[float] = ..., stable: _Optional[_Union[VariantSamples, _Mapping]] = ..., canary: _Optional[_Union[VariantSamples, _Mapping]] = ..., judgement: _Optional[_Union[Judgement, _Mapping]] = ..., seconds_in_step: _Optional[float] = ..., last_decision: _Optional[_Union[DecisionRecord, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., outcome_reason: _Optional[str] = ...) -> None: ...
+    sample: AnalysisSample
+    def __init__(self, rollout_id: _Optional[str] = ..., phase: _Optional[_Union[Phase, str]] = ..., model: _Optional[str] = ..., stable_version: _Optional[str] = ..., candidate_version: _Optional[str] = ..., step: _Optional[int] = ..., steps: _Optional[_Iterable[float]] = ..., canary_weight: _Optional[float] = ..., stable: _Optional[_Union[VariantSamples, _Mapping]] = ..., canary: _Optional[_Union[VariantSamples, _Mapping]] = ..., judgement: _Optional[_Union[Judgement, _Mapping]] = ..., seconds_in_step: _Optional[float] = ..., last_decision: _Optional[_Union[DecisionRecord, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., outcome_reason: _Optional[str] = ..., sample: _Optional[_Union[AnalysisSample, _Mapping]] = ...) -> None: ...
 
 class ListHistoryResponse(_message.Message):
     __slots__ = ("rollouts",)

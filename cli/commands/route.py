@@ -64,8 +64,16 @@ def add_parsers(sub: Any) -> None:
         "--mirror-fraction",
         type=float,
         default=1.0,
-        help="fraction of calls also sent to the other variant off the request path "
-        "(dual-run / shadow copies), 0..1",
+        help="fraction of sampled calls also sent to the other variant off the request "
+        "path (dual-run / shadow copies), 0..1",
+    )
+    p.add_argument(
+        "--analysis-fraction",
+        type=float,
+        default=1.0,
+        help="share of series in the canary analysis, 0..1: a sample by a hash of the "
+        "series id (the same on every router); its calls get dual-run copies and forecast "
+        "records, the others are routed and counted only (default: %(default)s)",
     )
     p.add_argument("--mirror-queue-size", type=int, default=1024, help="copies queued at most")
     p.add_argument("--mirror-timeout", type=float, default=5.0, help="deadline of a copy, s")
@@ -214,6 +222,7 @@ def cmd_route(args: argparse.Namespace) -> int:
             mode=Mode(args.mode),
             sticky_key=StickyKey(args.sticky_key),
             mirror_fraction=args.mirror_fraction,
+            analysis_fraction=args.analysis_fraction,
             mirror_queue_size=args.mirror_queue_size,
             mirror_batch=args.mirror_batch,
             join_after=args.join_after,

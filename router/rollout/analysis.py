@@ -96,6 +96,15 @@ class AnalyzerStats:
     unscorable: int
     duplicates: int
     last_span_at: float | None
+    answered_calls: int = 0  # routed Forecast calls that were answered (all of them)
+    recorded_calls: int = 0  # of those, the calls whose forecasts reached the analysis
+
+    @property
+    def sampled_share(self) -> float | None:
+        """The share of answered calls the analysis saw (the router's analysis sample)."""
+        if not self.answered_calls:
+            return None
+        return min(1.0, self.recorded_calls / self.answered_calls)
 
 
 def effective_scale(scale: float, point: Sequence[float]) -> float:
@@ -291,6 +300,12 @@ class _Metrics:
             ["kind"],
             registry=registry,
         )
+        self.cpu = Counter(
+            "canarycast_analysis_cpu_seconds",
+            "CPU time spent turning spans into records and feeding them to the analyzer "
+            "(the thread that does it: the span-analysis worker, the OTLP receiver).",
+            registry=registry,
+        )
 
 
 class Analyzer:
@@ -340,6 +355,9 @@ class Analyzer:
         self._pair_count = 0
         self._unscorable = 0
         self._duplicates = 0
+        self._answered_calls = 0
+        self._recorded_calls = 0
+        self._last_call_id: str | None = None
 
     # -- input --
 
@@ -350,6 +368,10 @@ class Analyzer:
             self._expire(now)
             if self._is_duplicate(record):
                 return
+            # A call's series arrive one after another (one span per call).
+            if not record.shadow and record.call_id and record.call_id != self._last_call_id:
+                self._recorded_calls += 1
+                self._last_call_id = record.call_id
             ts, point = record.timestamps, record.point
             if (
                 record.variant not in VARIANTS
@@ -396,9 +418,15 @@ class Analyzer:
         """A routed call of a variant, for its error rate and latency."""
         with self._lock:
             now = self._received("call")
+            if record.ok:
+                self._answered_calls += 1
             if record.variant in VARIANTS:
                 variant = VARIANTS.index(record.variant)
                 self._calls.append((now, variant, float(record.ok), record.latency))
+
+    def charge(self, cpu_seconds: float) -> None:
+        """Count CPU time spent feeding this analyzer (by the span paths in)."""
+        self._metrics.cpu.inc(max(cpu_seconds, 0.0))
 
     # -- output --
 
@@ -455,6 +483,8 @@ class Analyzer:
                 unscorable=self._unscorable,
                 duplicates=self._duplicates,
                 last_span_at=self.last_span_at,
+                answered_calls=self._answered_calls,
+                recorded_calls=self._recorded_calls,
             )
 
     def forget_before(self, t: float) -> None:

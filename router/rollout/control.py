@@ -41,6 +41,7 @@ from canarycast.tokens import (  # noqa: F401  (re-exported: cli.py and router.a
 )
 from canarycast.v1 import rollout_pb2 as rpb
 from canarycast.v1 import rollout_pb2_grpc as rpb_grpc
+from router.rollout.analysis import AnalyzerStats
 from router.rollout.controller import Controller, Phase, Status
 from router.rollout.judge import CANARY_SCORE, STABLE_SCORE
 from router.rollout.store import DecisionRow, RolloutRecord
@@ -244,12 +245,30 @@ def status_to_proto(status: Status) -> rpb.RolloutStatus:
     return out
 
 
+def sample_to_proto(fraction: float, stats: AnalyzerStats) -> rpb.AnalysisSample:
+    return rpb.AnalysisSample(
+        fraction=fraction,
+        answered_calls=stats.answered_calls,
+        recorded_calls=stats.recorded_calls,
+        share=stats.sampled_share or 0.0,
+    )
+
+
 class RolloutControlServicer(rpb_grpc.RolloutControlServicer):
-    def __init__(self, controller: Controller) -> None:
+    def __init__(
+        self,
+        controller: Controller,
+        sample: Callable[[], tuple[float, AnalyzerStats]] | None = None,
+    ) -> None:
         self.controller = controller
+        #: The configured analysis fraction and the analyzer's counts, for the status.
+        self.sample = sample
 
     def _status(self) -> rpb.RolloutStatus:
-        return status_to_proto(self.controller.status())
+        out = status_to_proto(self.controller.status())
+        if self.sample is not None:
+            out.sample.CopyFrom(sample_to_proto(*self.sample()))
+        return out
 
     async def StartRollout(
         self, request: rpb.StartRolloutRequest, context: Any

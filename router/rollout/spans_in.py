@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
+import time
 from collections import deque
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -183,11 +184,13 @@ class AnalyzerSpanProcessor(SpanProcessor):
                 batch = list(self._queue)
                 self._queue.clear()
                 self._in_flight = len(batch)
+            started = time.thread_time()
             for span in batch:
                 try:
                     feed(self.analyzer, _records_of_sdk_span(span))
                 except Exception:  # a bad span must not stop the analysis
                     log.exception("span_analysis_failed", span=span.name)
+            self.analyzer.charge(time.thread_time() - started)
             with self._cond:
                 self._in_flight = 0
                 self._cond.notify_all()
@@ -244,6 +247,13 @@ class OtlpTraceReceiver(TraceServiceServicer):
 
     def ingest(self, request: ExportTraceServiceRequest) -> None:
         """Feed the wanted spans of one export to the analyzer (blocking)."""
+        started = time.thread_time()
+        try:
+            self._ingest_spans(request)
+        finally:
+            self.analyzer.charge(time.thread_time() - started)
+
+    def _ingest_spans(self, request: ExportTraceServiceRequest) -> None:
         for resource_spans in request.resource_spans:
             for scope_spans in resource_spans.scope_spans:
                 for span in scope_spans.spans:

@@ -42,7 +42,16 @@ from router.metrics import RouterMetrics
 from router.traffic import wire
 from router.traffic.backends import BackendPool, Metadata, Replica
 from router.traffic.mirror import MirrorQueue, take_batch
-from router.traffic.routing import CANARY, STABLE, Decision, Mode, Reason, RoutingPolicy, decide
+from router.traffic.routing import (
+    CANARY,
+    STABLE,
+    Decision,
+    Mode,
+    Reason,
+    RoutingPolicy,
+    decide,
+    in_sample,
+)
 from server.lifecycle.observations import ObservationStore, StoreError
 
 log = structlog.get_logger("canarycast.router")
@@ -107,6 +116,7 @@ class Router:
             canary_weight=self._policy.canary_weight,
             mode=str(self._policy.mode),
             mirror_fraction=self._policy.mirror_fraction,
+            analysis_fraction=self._policy.analysis_fraction,
         )
 
     def set_weight(self, weight: float) -> None:
@@ -149,6 +159,9 @@ class Router:
                 ),
             }
         )
+        self.metrics.sampled_calls.labels("yes" if decision.sampled else "no").inc()
+        if not decision.sampled:  # routed and counted only
+            return response
         call_id = secrets.token_hex(8)
         context = contextvars.copy_context()
         asyncio.get_running_loop().call_soon(
@@ -304,7 +317,10 @@ class Router:
                 await self.observations.append_async(observations)
             except StoreError as exc:
                 raise Unavailable(f"observations not stored: {exc}") from exc
-        spans.record_observed(self.tracer, observations)
+        fraction = self._policy.analysis_fraction
+        analysed = [o for o in observations if in_sample(fraction, o.series_id)]
+        if analysed:
+            spans.record_observed(self.tracer, analysed)
         self.metrics.observed_points.inc(total)
         return bytes(pb.ObserveResponse(accepted_points=total).SerializeToString())
 
@@ -454,7 +470,8 @@ class Router:
         """`record` from the request's bytes; off the answer's path, so it never raises."""
         try:
             request = pb.ForecastRequest.FromString(raw)
-            self.record(request, answer, variant, call_id, mirrored)
+            fraction = self._policy.analysis_fraction
+            self.record(request, answer, variant, call_id, mirrored, fraction)
         except Exception:  # a span that cannot be written must not fail a delivered call
             log.exception("forecast_record_failed", variant=variant, call_id=call_id)
 
@@ -465,9 +482,13 @@ class Router:
         variant: str,
         call_id: str,
         mirrored: bool,
+        fraction: float = 1.0,
     ) -> None:
-        """The `forecast` spans of an answer (one per call, its series as arrays)."""
-        forecasts = answer.forecasts
+        """The `forecast` spans of an answer (one per call, its series as arrays): of
+        the call's series in the analysis sample of `fraction` (all of them at 1)."""
+        forecasts: Sequence[pb.SeriesForecast] = answer.forecasts
+        if fraction < 1.0:
+            forecasts = [f for f in forecasts if in_sample(fraction, f.series_id)]
         k = len(forecasts)
         if not k:
             return

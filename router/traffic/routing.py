@@ -10,8 +10,17 @@ canary (monotone). A call carrying several series is routed by the id of its
 Shadow mode is split mode at weight 0: stable answers every call.
 
 Mirroring (dual-run): the variant that does not answer gets a copy of the call
-off the request path, for a fraction `mirror_fraction` of calls, so that both
-models forecast the same series and are scored on the same actuals.
+off the request path, for a fraction `mirror_fraction` of sampled calls, so that
+both models forecast the same series and are scored on the same actuals.
+
+The analysis sample: a share `analysis_fraction` of series is analysed (their
+calls get dual-run copies and forecast records); the rest are routed and counted
+only. A series is in the sample when its position under a second hash (a blake2b
+keyed apart from the routing one, so the sample does not lean to either variant)
+is below the fraction: the same series are sampled on every router and at every
+call, so each sampled series' pairs stay whole, and the analyzer's cost follows
+the sample, not the traffic. A call is sampled by its first series, as it is
+routed.
 """
 
 from __future__ import annotations
@@ -53,9 +62,10 @@ class RoutingPolicy:
     sticky_key: StickyKey = StickyKey.SERIES_ID
     mirror_fraction: float = 1.0
     has_canary: bool = True
+    analysis_fraction: float = 1.0
 
     def __post_init__(self) -> None:
-        for name in ("canary_weight", "mirror_fraction"):
+        for name in ("canary_weight", "mirror_fraction", "analysis_fraction"):
             value = getattr(self, name)
             valid = isinstance(value, int | float) and math.isfinite(value) and 0 <= value <= 1
             if not valid:
@@ -75,6 +85,7 @@ class Decision:
     variant: str
     reason: Reason
     mirror: str | None  # the variant that gets a copy off the request path, if any
+    sampled: bool = True  # the call is in the analysis sample (copied and recorded)
 
     @property
     def other(self) -> str:
@@ -85,6 +96,24 @@ def key_position(key: str) -> float:
     """A stable position in [0, 1) for a routing key (blake2b, the same on every router)."""
     digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") / 2.0**64
+
+
+_SAMPLE_PERSON = b"canarycast-samp"  # keys the sample's hash apart from the routing one
+
+
+def sample_position(key: str) -> float:
+    """A stable position in [0, 1) for the analysis sample, independent of `key_position`."""
+    digest = hashlib.blake2b(key.encode(), digest_size=8, person=_SAMPLE_PERSON).digest()
+    return int.from_bytes(digest, "big") / 2.0**64
+
+
+def in_sample(fraction: float, series_id: str | None) -> bool:
+    """Whether a series is in the analysis sample of `fraction` (all of it at 1)."""
+    if fraction >= 1.0:
+        return True
+    if fraction <= 0.0 or series_id is None:
+        return False
+    return sample_position(series_id) < fraction
 
 
 def decide(
@@ -106,7 +135,8 @@ def decide(
         u = key_position(key) if sticky and key is not None else draw
         variant = CANARY if u < policy.effective_weight else STABLE
         reason = Reason.STICKY if sticky else Reason.WEIGHT
+    sampled = in_sample(policy.analysis_fraction, key)
     mirror = None
-    if policy.has_canary and mirror_draw < policy.mirror_fraction:
+    if sampled and policy.has_canary and mirror_draw < policy.mirror_fraction:
         mirror = CANARY if variant == STABLE else STABLE
-    return Decision(variant, reason, mirror)
+    return Decision(variant, reason, mirror, sampled)
