@@ -46,7 +46,7 @@ def histories(n: int, length: int) -> list[np.ndarray]:
 
 def grpc_requests(s: dict[str, Any]) -> list[bytes]:
     k, length = int(s.get("series_per_call", 1)), int(s.get("history", 48))
-    pool = max(POOL // k, 4)
+    pool = max(int(s.get("pool", POOL)) // k, 4)
     windows = histories(pool * k, length)
     start = to_ns("2010-01-01T00:00")
     out = []

@@ -209,6 +209,42 @@ def markdown(results: dict[str, Any], machine: dict[str, Any], total_seconds: fl
         if r.get("nginx_error"):
             out += [f"nginx could not run: `{r['nginx_error']}`", ""]
         out += _runs_table(r["runs"]) + _ratios(r["ratios"])
+    smp = results.get("sample")
+    if smp:
+        out += [
+            "### The analysis sample (`--analysis-fraction`)",
+            "",
+            "Routers with the embedded controller, split at weight 0.2 with dual-run "
+            f"copies, concurrency {smp['concurrency']}; CPU per 1,000 answered calls "
+            "(the router process, and the analyzer's share of it), throughput against "
+            "direct in the same run.",
+            "",
+        ]
+        out += _table(
+            [
+                "analysis fraction",
+                "calls",
+                "router CPU s / 1k calls",
+                "analyzer CPU s / 1k calls",
+                "throughput / direct",
+                "p50 ms",
+                "p99 ms",
+                "errors",
+            ],
+            [
+                [
+                    x["analysis_fraction"],
+                    x["calls"],
+                    x["router_cpu_s_per_1k_calls"],
+                    x["analyzer_cpu_s_per_1k_calls"],
+                    x["throughput_over_direct"],
+                    x["p50_ms"],
+                    x["p99_ms"],
+                    x["errors"],
+                ]
+                for x in smp["rows"]
+            ],
+        )
     a = results.get("analysis")
     if a:
         out += ["## 4. Analysis cost", "", f"Workload: {a['workload']}.", ""]

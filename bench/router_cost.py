@@ -4,6 +4,10 @@ The same load (single-series calls, fixed concurrency) goes directly to the stab
 model server, through `canarycast route` in split mode (weight 0.2, with dual-run
 copies, the default, and without them) and in shadow mode, and through nginx
 (`grpc_pass` to an upstream weighted 80/20 over the same two servers).
+
+The sample sub-section puts routers with the embedded controller (so with the analyzer)
+at `--analysis-fraction` 1, 0.1 and 0.01 under the same load, each bracketed by the
+router's CPU seconds and its metrics, for router and analyzer CPU per 1,000 calls.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +27,15 @@ from bench.common import (
     start_all,
     start_servers,
     stop_all,
+    tree_cpu_seconds,
 )
+from canarycast.environment import CANARYCAST_ADMIN_TOKEN
 from canarycast.processes import Component, start_component
+
+#: The analysis fractions of the sample sub-section, and its distinct series (enough that
+#: a 0.01 sample holds about 40 of them).
+FRACTIONS = (1.0, 0.1, 0.01)
+SAMPLE_POOL = 4096
 
 ROUTERS: dict[str, list[str]] = {
     "router split (dual-run)": ["--mode", "split", "--canary-weight", "0.2"],
@@ -188,3 +200,99 @@ def router_section(model: BenchModel, *, smoke: bool = False) -> dict[str, Any]:
         ratios[f"{key}: added p50 ms"] = r["p50_ms"] - d["p50_ms"]
         ratios[f"{key}: added p99 ms"] = r["p99_ms"] - d["p99_ms"]
     return {"runs": runs, "ratios": ratios, "nginx_error": nginx_error}
+
+
+def metric_total(port: int, name: str) -> float:
+    """The sum of one metric's samples on a /metrics page (0 when absent)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        body = response.read().decode()
+    total = 0.0
+    for line in body.splitlines():
+        if not line.startswith("#") and line.split("{")[0].split(" ")[0] == name:
+            total += float(line.rpartition(" ")[2])
+    return total
+
+
+def sample_section(model: BenchModel, *, smoke: bool = False) -> dict[str, Any]:
+    """Router and analyzer CPU per 1,000 calls at each analysis fraction (dual-run copies,
+    weight 0.2, concurrency 64), and throughput against direct in the same run."""
+    concurrency = 16 if smoke else 64
+    servers = start_servers(model, {"stable": [], "canary": []})
+    stable, canary = servers["stable"], servers["canary"]
+    state = CACHE / "sample-state"
+    shutil.rmtree(state, ignore_errors=True)
+    state.mkdir(parents=True)
+    name = model.ref.split(":")[0]
+    scenario = {
+        "concurrency": concurrency,
+        "horizon": model.horizon,
+        "history": model.lookback,
+        "pool": SAMPLE_POOL,
+        "warmup": 0.2 if smoke else 1.0,
+        "duration": 0.3 if smoke else 4.0,
+    }
+    rows: list[dict[str, Any]] = []
+    try:
+        [direct] = run_loadgen(
+            [{**scenario, "name": "direct", "target": stable.target}], progress="sample"
+        )
+        for fraction in FRACTIONS[:2] if smoke else FRACTIONS:
+            router = start_component(
+                f"router {fraction}",
+                [
+                    *("route", "--port", "0", "--metrics-port", "0"),
+                    *("--stable", stable.target, "--canary", canary.target),
+                    *("--mode", "split", "--canary-weight", "0.2"),
+                    *("--analysis-fraction", str(fraction)),
+                    *("--registry", str(model.registry), "--model", name),
+                    *("--state", str(state / f"{fraction}.db")),
+                ],
+                env={CANARYCAST_ADMIN_TOKEN: "bench-sample-token"},
+            )
+            try:
+                port = router.metrics_port
+                assert port is not None, "the router did not report its metrics port"
+                pid = router.process.pid
+
+                def bracket(port: int = port, pid: int = pid) -> dict[str, float]:
+                    return {
+                        "cpu": tree_cpu_seconds(pid),
+                        "calls": metric_total(port, "canarycast_router_sampled_calls_total"),
+                        "analysis": metric_total(port, "canarycast_analysis_cpu_seconds_total"),
+                    }
+
+                before = bracket()
+                [run] = run_loadgen(
+                    [
+                        {
+                            **scenario,
+                            "name": f"analysis fraction {fraction}",
+                            "target": router.target,
+                            "server_pids": [pid],
+                        }
+                    ],
+                    progress="sample",
+                )
+                time.sleep(0.5 if smoke else 2.0)  # the analyzer drains its queue
+                after = bracket()
+            finally:
+                router.stop(10)
+            calls = after["calls"] - before["calls"]
+            per_k = 1000.0 / calls if calls else float("nan")
+            rows.append(
+                {
+                    "analysis_fraction": fraction,
+                    "calls": int(calls),
+                    "router_cpu_s_per_1k_calls": (after["cpu"] - before["cpu"]) * per_k,
+                    "analyzer_cpu_s_per_1k_calls": (after["analysis"] - before["analysis"]) * per_k,
+                    "throughput_over_direct": ratio(
+                        run["forecasts_per_s"], direct["forecasts_per_s"]
+                    ),
+                    "p50_ms": run["p50_ms"],
+                    "p99_ms": run["p99_ms"],
+                    "errors": run["errors"],
+                }
+            )
+    finally:
+        stop_all(servers)
+    return {"concurrency": concurrency, "direct": direct, "rows": rows}

@@ -23,7 +23,7 @@ from typing import Any
 
 from bench.common import CACHE, RESULTS, BenchModel, machine, write_json
 
-SECTIONS = ("serving", "peer", "router", "analysis", "growth", "accuracy", "judge")
+SECTIONS = ("serving", "peer", "router", "sample", "analysis", "growth", "accuracy", "judge")
 
 
 def default_model() -> BenchModel:
@@ -52,7 +52,7 @@ def run(
 
     started = time.perf_counter()
     about = machine()
-    needs_model = {"serving", "peer", "router", "growth"} & set(sections)
+    needs_model = {"serving", "peer", "router", "sample", "growth"} & set(sections)
     if model is None and needs_model:
         model = default_model()
     given = model
@@ -65,6 +65,7 @@ def run(
         "serving": lambda: serving.serving_section(served(), smoke=smoke),
         "peer": lambda: peer.peer_section(served(), smoke=smoke),
         "router": lambda: router_cost.router_section(served(), smoke=smoke),
+        "sample": lambda: router_cost.sample_section(served(), smoke=smoke),
         "analysis": lambda: analysis_cost.analysis_section(smoke=smoke),
         "growth": lambda: serving.growth_section(served(), smoke=smoke),
         "accuracy": lambda: accuracy.accuracy_section(smoke=smoke),

@@ -62,11 +62,21 @@ def test_serving_and_growth_sections_measure_and_write_results(
 
 @pytest.mark.slow
 def test_router_section_compares_a_hop_with_direct_calls(model: BenchModel, tmp_path: Path) -> None:
-    result = run(("router",), tmp_path, model, smoke=True)["router"]
+    results = run(("router", "sample"), tmp_path, model, smoke=True)
+    result = results["router"]
     assert "error" not in result, result.get("error")
     _ok_runs(result["runs"])
     assert {r["path"] for r in result["runs"]} == {"direct", "router split (dual-run)"}
     assert "router split (dual-run) c16: throughput / direct" in result["ratios"]
+    # The analysis sample: routers with the analyzer at fractions 1 and 0.1.
+    sample = results["sample"]
+    assert "error" not in sample, sample.get("error")
+    assert [x["analysis_fraction"] for x in sample["rows"]] == [1.0, 0.1]
+    for x in sample["rows"]:
+        assert x["calls"] > 0 and x["errors"] == 0, x
+        assert x["router_cpu_s_per_1k_calls"] > 0 and x["throughput_over_direct"] > 0
+    assert sample["rows"][0]["analyzer_cpu_s_per_1k_calls"] > 0  # every call analysed
+    assert "### The analysis sample" in (tmp_path / "README.md").read_text()
 
 
 def test_torchserve_handler_answers_like_the_model_server(

@@ -251,18 +251,11 @@ def test_members_train_from_successive_seeds_and_serve_as_their_mean(
 @pytest.fixture(scope="module")
 def seattle() -> TrainResult:
     """The default recipe (config from the data: seasons 24 and 168, lookback 192) on the
-    real bundled seattle-temps, trained once."""
+    real bundled seattle-temps, trained once, from seed 1: that seed once stopped early at
+    epoch 9 with MASE 1.83 (patience 5), so the tests below also keep the recipe from being
+    at the mercy of its seed."""
     dataset = load_dataset("seattle-temps")
-    return train(dataset, config_for(dataset), TrainParams(), progress=False)
-
-
-@pytest.mark.slow
-def test_default_recipe_is_not_at_the_mercy_of_the_seed() -> None:
-    # Seed 1 once stopped early at epoch 9 with MASE 1.83 (patience 5).
-    dataset = load_dataset("seattle-temps")
-    result = train(dataset, config_for(dataset), TrainParams(seed=1), progress=False)
-    assert result.scores["mase"] < 1.0
-    assert result.scores["relmae_snaive"] < 1.0
+    return train(dataset, config_for(dataset), TrainParams(seed=1), progress=False)
 
 
 @pytest.mark.slow
