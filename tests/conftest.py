@@ -101,6 +101,35 @@ def _local_fuzz_cases() -> Counter[str]:
     return Counter(getattr(module, "FUZZ_CASES", {})) if module is not None else Counter()
 
 
+#: Test files that take a minute or more, started first on the xdist workers (with
+#: `--dist loadfile`, xdist orders files by their number of tests, which put the one-test
+#: demo last and left one worker idle for its last 1.5 minutes).
+LONG_FILES = (
+    "tests/test_demo.py",
+    "tests/server/test_training.py",
+    "tests/test_rollout_e2e.py",
+    "tests/router/test_judge_replay.py",
+    "tests/reliability/test_graceful.py",
+)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    """`--dist loadfile` with the long files first (longest processing time first)."""
+    if config.getoption("dist", None) != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class LongFilesFirst(LoadFileScheduling):
+        def _assign_work_unit(self, node: object) -> None:
+            for scope in reversed(LONG_FILES):
+                if scope in self.workqueue:
+                    self.workqueue.move_to_end(scope, last=False)
+            super()._assign_work_unit(node)
+
+    return LongFilesFirst(config, log)
+
+
 def pytest_sessionfinish(session: pytest.Session) -> None:
     """An xdist worker hands its counts to the controller."""
     output = getattr(session.config, "workeroutput", None)
