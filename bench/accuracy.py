@@ -39,6 +39,7 @@ from server.lifecycle.data import load_dataset, split_points
 from server.lifecycle.model import build_model, predict
 from server.lifecycle.pipeline import config_for
 from server.lifecycle.scoring import insample_seasonal_mae, seasonal_naive_forecast
+from server.lifecycle.search import search_recipe
 from server.lifecycle.training import TrainParams, train
 
 STATS_VENV = CACHE / "stats-venv"
@@ -170,11 +171,21 @@ def _lstm_quantiles(net: Any, windows: np.ndarray, *, raw: bool = False) -> np.n
             net.interval_offset.copy_(saved)
 
 
-def _case(case: Case, params: TrainParams, stats_python: Path | None) -> tuple[dict[str, Any], str]:
+def _case(
+    case: Case,
+    params: TrainParams,
+    stats_python: Path | None,
+    search_budget: float | None = None,
+) -> tuple[dict[str, Any], str]:
     dataset = load_dataset(case.dataset)
     config = config_for(dataset)
     t = time.perf_counter()
-    result = train(dataset, config, params, progress=False)
+    search: dict[str, Any] | None = None
+    if search_budget:
+        found = search_recipe(dataset, config, params, search_budget, progress=False)
+        result, search = found.result, found.to_dict()
+    else:
+        result = train(dataset, config, params, progress=False)
     train_seconds = time.perf_counter() - t
     net = build_model(result.config, result.state_dict)
     lb, h, m = config.lookback, config.horizon, config.season_length
@@ -276,7 +287,8 @@ def _case(case: Case, params: TrainParams, stats_python: Path | None) -> tuple[d
         "seasons": list(config.seasons),
         "encoder_steps": config.encoder_steps,
         "bootstrap_block": block,
-        "lstm_members": config.members,
+        "lstm_members": result.config.members,
+        "lstm_search": search,
         "lstm_train_seconds": train_seconds,
         "lstm_epochs": result.epochs_run,  # summed over the members
         "stats_seconds": stats_seconds,
@@ -334,3 +346,55 @@ def accuracy_section(*, smoke: bool = False, with_stats: bool = True) -> dict[st
             for r in rows
         },
     }
+
+
+def search_comparison(budget: float) -> dict[str, Any]:
+    """The LSTM's test scores with the default recipe and with `train --search-budget`,
+    on the same origins in one run (no statsforecast: its baselines do not change)."""
+    from tqdm import tqdm
+
+    params = TrainParams()
+    rows = []
+    for case in tqdm(CASES, desc="search", file=sys.stderr):
+        default, _ = _case(case, params, None)
+        searched, _ = _case(case, params, None, budget)
+        rows.append(
+            {
+                "dataset": case.dataset,
+                "default": {
+                    "train_seconds": default["lstm_train_seconds"],
+                    **default["models"]["LSTM"],
+                },
+                "searched": {
+                    "train_seconds": searched["lstm_train_seconds"],
+                    "search": searched["lstm_search"],
+                    **searched["models"]["LSTM"],
+                },
+                "seasonal_naive_mase": default["models"]["seasonal naive"]["mase"],
+            }
+        )
+    return {"budget_seconds": budget, "rows": rows}
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(description="the recipe search against the default")
+    parser.add_argument("--search-budget", type=float, required=True, metavar="SECONDS")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench/results/accuracy-search.json")
+    args = parser.parse_args(argv)
+    result = search_comparison(args.search_budget)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    for r in result["rows"]:
+        d, x = r["default"], r["searched"]
+        print(
+            f"{r['dataset']:<16} default MASE {d['mase']:.3f} cov {d['coverage_80']:.3f} "
+            f"({d['train_seconds']:.0f} s); searched {x['search']['chosen']!r} MASE "
+            f"{x['mase']:.3f} cov {x['coverage_80']:.3f} ({x['train_seconds']:.0f} s)"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

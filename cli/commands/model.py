@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import sys
 from typing import Any
@@ -86,6 +87,14 @@ def add_parsers(sub: Any) -> None:
         action="store_true",
         help="keep the raw quantile head (default: conformalize the intervals on validation)",
     )
+    p.add_argument(
+        "--search-budget",
+        type=float,
+        metavar="SECONDS",
+        help="also train the recipe's variants (every window per epoch, twice the epochs, "
+        "three seed members) that fit in this many seconds, and keep the best on "
+        "validation (default: off, the recipe as given)",
+    )
     p.add_argument("--alias", action="append", default=[], help="point this alias at the result")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the registered version as JSON")
@@ -153,12 +162,21 @@ def cmd_train(args: argparse.Namespace) -> int:
             series_ids=tuple(args.series) if args.series else None,
             calibrate=not args.no_calibrate,
         )
+        budget = args.search_budget
+        if budget is not None and not (math.isfinite(budget) and budget > 0):
+            raise ValueError(f"--search-budget must be a number of seconds > 0, got {budget}")
     except ValueError as exc:
         print(f"canarycast train: {exc}", file=sys.stderr)
         return 2
     registry = Registry(args.registry)
     version = train_and_register(
-        dataset, config, params, registry, args.name, progress=not args.no_progress
+        dataset,
+        config,
+        params,
+        registry,
+        args.name,
+        progress=not args.no_progress,
+        search_budget=budget,
     )
     for alias in args.alias:
         registry.set_alias(args.name, alias, version.version)
@@ -170,6 +188,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             print(f"  alias {alias} -> {version.version}")
         for key, chosen in version.metadata.get("defaults", {}).items():
             print(f"  {key:<14} {chosen['value']}  ({chosen['why']})")
+        search = version.metadata.get("recipe_search")
+        if search:
+            print(format_search(search))
         print(format_scores(version.metadata.get("scores", {})))
     return 0
 
@@ -180,6 +201,21 @@ def format_scores(scores: dict[str, Any]) -> str:
     lines = ["offline scores on the test split:"]
     for key in keys:
         lines.append(f"  {key:<18} {scores[key]:.4f}")
+    return "\n".join(lines)
+
+
+def format_search(search: dict[str, Any]) -> str:
+    """The recipe search of a registered version: each candidate and the one kept."""
+    lines = [
+        f"recipe search within {search['budget_seconds']:g} s: kept {search['chosen']!r} "
+        "(lowest validation MASE)"
+    ]
+    for c in search["candidates"]:
+        if "val_mase" in c:
+            what = f"validation MASE {c['val_mase']:.4f}, {c['train_seconds']:.1f} s"
+        else:
+            what = c["status"]
+        lines.append(f"  {c['name']:<12} {what}")
     return "\n".join(lines)
 
 

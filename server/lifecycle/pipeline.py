@@ -89,10 +89,21 @@ def train_and_register(
     name: str,
     *,
     progress: bool = True,
+    search_budget: float | None = None,
 ) -> ModelVersion:
-    """Train on `dataset` and register the result with its lineage and offline scores."""
+    """Train on `dataset` and register the result with its lineage and offline scores.
+    With `search_budget` (seconds), the recipe as given and the variants that fit in the
+    budget are trained and the best on validation is kept (`server.lifecycle.search`);
+    the choice is recorded as ``recipe_search``."""
     started = time.monotonic()
-    result = train(dataset, config, params, progress=progress)
+    search: dict[str, Any] | None = None
+    if search_budget:
+        from server.lifecycle.search import search_recipe
+
+        found = search_recipe(dataset, config, params, search_budget, progress=progress)
+        result, search = found.result, found.to_dict()
+    else:
+        result = train(dataset, config, params, progress=progress)
     series = [s.series_id for s in dataset.series]
     metadata = {
         "dataset": dataset.name,
@@ -108,8 +119,15 @@ def train_and_register(
             "seconds": round(time.monotonic() - started, 2),
             "history": result.history,
         },
-        "recipe_key": recipe_key(dataset, config, params),
+        # The inputs of the training that made these weights (searched: the chosen one's).
+        "recipe_key": (
+            recipe_key(dataset, result.config, result.params)
+            if search is not None
+            else recipe_key(dataset, config, params)
+        ),
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "code_version": __version__,
     }
+    if search is not None:
+        metadata["recipe_search"] = search
     return registry.register(name, result.state_dict, result.config.to_dict(), metadata)
