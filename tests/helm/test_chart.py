@@ -9,6 +9,7 @@ schema there, are checked against the structure their CRDs document (below).
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -666,3 +667,48 @@ def test_server_workers_follow_the_cpu_request_and_routers_dial_each_worker(
     assert flag(router["args"], "--workers") == "1" and "--follow" in router["args"]
     m = render({"router": {"resources": {"requests": {"cpu": "3"}}}})
     assert workers_of(m, "router") == "3"
+
+
+def test_a_memory_limit_too_small_for_the_workers_is_refused_with_the_values_named(
+    helm: str, tmp_path: Path, render: Render
+) -> None:
+    def template(values: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+        return run_helm(helm, "template", RELEASE, str(CHART), values=values, tmp=tmp_path)
+
+    # 8 workers of 384Mi each do not fit the default 2Gi limit: refused, saying what to change
+    result = template({"server": {"workers": 8}})
+    assert result.returncode != 0
+    assert "stable.resources.limits.memory (2Gi)" in result.stderr, result.stderr
+    assert "8 worker processes" in result.stderr and "3072Mi" in result.stderr
+    assert "server.memoryPerWorker" in result.stderr
+    # the canary is checked on its own limit (decimal units too)
+    result = template(
+        {
+            "server": {"workers": 5},
+            "stable": {"resources": {"limits": {"memory": "3Gi"}}},
+            "canary": {"resources": {"limits": {"memory": "1500M"}}},
+        }
+    )
+    assert result.returncode != 0 and "canary.resources.limits.memory (1500M)" in result.stderr
+    # workers from the CPU request count the same way
+    result = template({"stable": {"resources": {"requests": {"cpu": "6"}}}})
+    assert result.returncode != 0 and "6 worker processes" in result.stderr, result.stderr
+    # a limit that holds them, a smaller estimate, or the check off: rendered
+    m = render(
+        {
+            "server": {"workers": 5},
+            "stable": {"resources": {"limits": {"memory": "2048Mi"}}},
+            "canary": {"resources": {"limits": {"memory": "1920Mi"}}},
+        }
+    )
+    assert flag(container(find(m, "Deployment", f"{FULL}-stable"))["args"], "--workers") == "5"
+    render({"server": {"workers": 8, "memoryPerWorker": "250Mi"}})
+    render({"server": {"workers": 8, "memoryPerWorker": 0}})
+    # no limit at all (null removes the default): nothing to check against
+    render(
+        {
+            "server": {"workers": 8},
+            "stable": {"resources": {"limits": {"memory": None}}},
+            "canary": {"resources": {"limits": {"memory": None}}},
+        }
+    )

@@ -124,6 +124,39 @@ per whole core of the CPU request ("500m" and "1": 1, "2500m": 2). */}}
 {{- include "canarycast.workersFromCPU" (dict "workers" .root.Values.server.workers "resources" $v.resources) -}}
 {{- end }}
 
+{{/* A Kubernetes memory quantity ("2Gi", "1536Mi", "2G", "500M", "1048576", "1.5Gi")
+in MiB, as a float. */}}
+{{- define "canarycast.memoryMiB" -}}
+{{- $q := toString . -}}
+{{- $units := list (list "Ki" (divf 1.0 1024)) (list "Mi" 1.0) (list "Gi" 1024.0) (list "Ti" 1048576.0) (list "k" (divf 1000.0 1048576)) (list "M" (divf 1000000.0 1048576)) (list "G" (divf 1000000000.0 1048576)) (list "T" (divf 1000000000000.0 1048576)) -}}
+{{- $mib := -1.0 -}}
+{{- range $u := $units -}}
+{{- if and (lt $mib 0.0) (hasSuffix (index $u 0) $q) -}}
+{{- $mib = mulf (float64 (trimSuffix (index $u 0) $q)) (index $u 1) -}}
+{{- end -}}
+{{- end -}}
+{{- if lt $mib 0.0 -}}
+{{- $mib = divf (float64 $q) 1048576.0 -}}
+{{- end -}}
+{{- $mib -}}
+{{- end }}
+
+{{/* Fails the render when a variant's memory limit cannot hold its worker processes
+(dict "root" "variant"): each worker loads its own copy of the model and torch. */}}
+{{- define "canarycast.checkServerMemory" -}}
+{{- $v := index .root.Values .variant -}}
+{{- $per := .root.Values.server.memoryPerWorker | default "" | toString -}}
+{{- $limit := dig "limits" "memory" "" ($v.resources | default dict) | toString -}}
+{{- if and $per (ne $per "0") $limit -}}
+{{- $workers := int (include "canarycast.serverWorkers" .) -}}
+{{- $need := mulf (float64 $workers) (float64 (include "canarycast.memoryMiB" $per)) -}}
+{{- $have := float64 (include "canarycast.memoryMiB" $limit) -}}
+{{- if gt $need $have -}}
+{{- fail (printf "%s.resources.limits.memory (%s) cannot hold %d worker processes of server.memoryPerWorker (%s each, %dMi in all): raise the limit, or lower server.workers or %s.resources.requests.cpu (workers follow it), or set server.memoryPerWorker to what one worker of your model takes" .variant $limit $workers $per (int (ceil $need)) .variant) -}}
+{{- end -}}
+{{- end -}}
+{{- end }}
+
 {{/* The router's (and controller's) address arguments for a variant, one list item each:
 the headless Service on the shared port for one worker per pod, or on each worker's own
 port, so that every worker is a replica and takes its share of the calls. */}}
