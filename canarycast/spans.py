@@ -35,6 +35,12 @@ OBSERVE_SPAN = "observe"
 #: A routed call's attempt on a variant that failed (unreachable, or none serving) before
 #: the router failed over: the client never sees it, the canary's guardrail must.
 FAILED_ATTEMPT_SPAN = "failed_attempt"
+#: A router's one call to a model server that carries several callers' calls (joined calls,
+#: or dual-run copies sent together). It is the parent of the model server's span for that
+#: call; it is no caller's child but links to each caller's span, and each joined caller's
+#: span links back to it, so every caller's trace leads to the server work done for it.
+JOINED_CALL_SPAN = "joined_call"
+JOINED_CALLS = "canarycast.joined_calls"  # how many callers' calls (or copies) it carries
 
 SERIES_ID = "canarycast.series_id"
 FORECAST_ID = "canarycast.forecast_id"

@@ -19,16 +19,18 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import contextvars
 import random
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 
 import grpc
 import numpy as np
 import structlog
+from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 
 from canarycast import spans
@@ -216,6 +218,9 @@ class Router:
                     {spans.VARIANT: variant, spans.BACKEND: address}
                 )
             raise
+        finally:
+            if waiting.joined is not None:  # the server call that carried this one
+                trace.get_current_span().add_link(waiting.joined)
 
     def _flush(self, variant: str) -> None:
         """Send the waiting calls of `variant` while it has room for calls in flight."""
@@ -243,10 +248,17 @@ class Router:
 
     async def _send_batch(self, batch: list[_Waiting]) -> None:
         first = batch[0]
+        joined, trace_md = None, first.trace_md
+        if len(batch) > 1:
+            joined, trace_md = _joined_span(self.tracer, [w.trace_md for w in batch])
+            for w in batch:
+                w.joined = joined.get_span_context()
 
         def attempted(variant: str, address: str) -> None:
             for w in batch:
                 w.attempt = (variant, address)
+            if joined is not None:
+                joined.set_attributes({spans.VARIANT: variant, spans.BACKEND: address})
 
         deadlines = [w.deadline for w in batch if w.deadline is not None]
         if len(batch) == 1:
@@ -254,16 +266,17 @@ class Router:
         else:
             raw = first.split()[2] + b"".join(s for w in batch for s in w.split()[0])
         try:
-            variant, replica, response = await self._call(
-                "Forecast",
-                raw,
-                first.decision,
-                False,
-                first.trace_md,
-                min(deadlines) if deadlines else None,
-                calls=len(batch),
-                on_attempt=attempted,
-            )
+            with _current(joined):
+                variant, replica, response = await self._call(
+                    "Forecast",
+                    raw,
+                    first.decision,
+                    False,
+                    trace_md,
+                    min(deadlines) if deadlines else None,
+                    calls=len(batch),
+                    on_attempt=attempted,
+                )
         except PassThrough as exc:
             if len(batch) > 1 and exc.status_code not in _SHARED_FATE:
                 self.metrics.joined_resent.inc()
@@ -431,14 +444,20 @@ class Router:
             self.metrics.mirror_dropped.labels(variant).inc(len(batch))
             return
         self.metrics.mirror_batch.observe(len(batch))
+        joined, trace_md = None, batch[0].trace_md
         if len(batch) == 1:
             raw = batch[0].raw
         else:
             raw = batch[0].split()[2] + b"".join(s for c in batch for s in c.split()[0])
-        try:
-            response = await replica.forecast(
-                raw, self.mirror_timeout, [*batch[0].trace_md, (VARIANT_HEADER, variant)]
+            joined, trace_md = _joined_span(self.tracer, [c.trace_md for c in batch])
+            joined.set_attributes(
+                {spans.VARIANT: variant, spans.BACKEND: replica.address, spans.SHADOW: True}
             )
+        try:
+            with _current(joined):
+                response = await replica.forecast(
+                    raw, self.mirror_timeout, [*trace_md, (VARIANT_HEADER, variant)]
+                )
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.UNAVAILABLE or len(batch) == 1:
                 self.metrics.mirrored.labels(variant, exc.code().name).inc(len(batch))
@@ -615,6 +634,39 @@ class Copy:
         return len(self.split()[0])
 
 
+def _joined_span(
+    tracer: trace.Tracer, trace_mds: Sequence[list[tuple[str, str]]]
+) -> tuple[trace.Span, list[tuple[str, str]]]:
+    """Start the span of one server call that carries several callers' calls (or copies),
+    and the trace metadata that makes it the parent of the model server's span. It is in
+    no caller's trace (a server call has one parent): it links to each caller's span."""
+    links = []
+    for md in trace_mds:
+        caller = trace.get_current_span(propagate.extract(dict(md))).get_span_context()
+        if caller.is_valid:
+            links.append(trace.Link(caller))
+    span = tracer.start_span(
+        spans.JOINED_CALL_SPAN,
+        context=otel_context.Context(),
+        kind=trace.SpanKind.CLIENT,
+        links=links,
+        attributes={spans.JOINED_CALLS: len(trace_mds)},
+    )
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier, context=trace.set_span_in_context(span))
+    return span, list(carrier.items())
+
+
+@contextlib.contextmanager
+def _current(span: trace.Span | None) -> Iterator[None]:
+    """`span` (if any) as the current span, ended (with the error, if one is raised) on exit."""
+    if span is None:
+        yield
+        return
+    with trace.use_span(span, end_on_exit=True):
+        yield
+
+
 #: Refusals of a joined call that every caller in it would have had alone.
 _SHARED_FATE = frozenset(
     {
@@ -653,6 +705,7 @@ class _Waiting:
             loop.create_future()
         )
         self.attempt: tuple[str, str] | None = None
+        self.joined: trace.SpanContext | None = None  # the joined call that carried it
         self._split: tuple[list[bytes], list[str], bytes] | None = None
 
     @property

@@ -472,6 +472,25 @@ async def test_dual_run_copies_that_wait_are_joined_and_each_recorded_as_its_cal
             [row] = spans.read_forecasts(a)
             recorded[str(a[spans.VARIANT])][row.series_id] = (a[spans.CALL_ID], row)
         assert set(recorded["canary"]) == set(recorded["stable"]) == set(offsets)
+        # Each shared copy call is one joined_call span, linked to the copied callers' spans
+        # and the parent of the canary server's span for it.
+        callers = {s.context.span_id for s in c.router_spans.get_finished_spans()}
+        joined = [
+            s for s in c.router_spans.get_finished_spans() if s.name == spans.JOINED_CALL_SPAN
+        ]
+        shared = [s for s in joined if attrs(s).get(spans.SHADOW)]  # the rest: callers joined
+        assert len(shared) == calls - batches["1.0"]
+        ids = {s.context.span_id for s in shared}
+        servers = await ended(
+            c.server_spans, lambda s: s.parent is not None and s.parent.span_id in ids, len(ids)
+        )
+        parents = {s.parent.span_id for s in servers if s.name == RPC_SPAN and s.parent}
+        for span in shared:
+            a = attrs(span)
+            assert a[spans.VARIANT] == "canary"
+            assert len(span.links) == a[spans.JOINED_CALLS] and len(span.links) > 1
+            assert {link.context.span_id for link in span.links} <= callers
+            assert span.context.span_id in parents
         canary = pb_grpc.ForecasterStub(
             channel := grpc.aio.insecure_channel(f"127.0.0.1:{c.canary.port}")
         )
@@ -525,6 +544,43 @@ async def test_calls_to_a_busy_variant_are_joined_and_each_gets_its_own_answer(
         routed = c.router.metrics.routed.labels("stable", "sticky", "OK")._value.get()
         assert routed == len(calls)  # every caller counted, joined or not
         assert len(c.forecasts()) == len(calls)  # and recorded, each under its own call
+    finally:
+        await c.close()
+
+
+async def test_every_joined_caller_s_trace_leads_to_the_server_call_that_carried_it(
+    registry_copy: TrainedRegistry,
+) -> None:
+    """A joined call is one server call for many callers: its span (joined_call) is the
+    parent of the model server's span and links to each caller's router span, and each
+    joined caller's span links back to it, so no caller's trace ends at the router."""
+    c = await make_cluster(registry_copy, canary_weight=0.0, mirror_fraction=0.0, join_after=1)
+    try:
+        calls = [(f"s{i}", 900 + 7 * i) for i in range(24)]
+        await asyncio.gather(*(c.stub.Forecast(request(x, offset=o)) for x, o in calls))
+        callers = await ended(c.router_spans, lambda s: s.name == RPC_SPAN, len(calls))
+        joined = [
+            s for s in c.router_spans.get_finished_spans() if s.name == spans.JOINED_CALL_SPAN
+        ]
+        assert joined and len(joined) == _joined_calls(c)
+        alone = [s for s in callers if not s.links]
+        servers = await ended(
+            c.server_spans, lambda s: s.name == RPC_SPAN, len(alone) + len(joined)
+        )
+        by_parent = {s.parent.span_id: s for s in servers if s.parent is not None}
+        caller_ids = {s.context.span_id: s for s in callers}
+        for span in joined:
+            a = attrs(span)
+            linked = [link.context.span_id for link in span.links]
+            assert len(linked) == a[spans.JOINED_CALLS] and len(linked) > 1
+            assert set(linked) <= set(caller_ids)  # each link is a caller's router span
+            for sid in linked:  # which links back
+                assert span.context.span_id in {x.context.span_id for x in caller_ids[sid].links}
+            assert span.parent is None and a[spans.VARIANT] == "stable"
+            assert by_parent[span.context.span_id].context.trace_id == span.context.trace_id
+        for caller in callers:  # alone: the server's span is its child; joined: its link's
+            [carrier] = [x.context.span_id for x in caller.links] or [caller.context.span_id]
+            assert carrier in by_parent, caller.name
     finally:
         await c.close()
 
